@@ -1,0 +1,74 @@
+"""Age-group detector: a Flask app that predicts the age group of the faces in a photo."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import IO
+
+from flask import Flask, Request
+
+from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.errors import ModelUnavailable
+from agegroup.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+class InMemoryRequest(Request):
+    """Keeps uploaded files in memory: Werkzeug would spool files over 500 KB to disk."""
+
+    def _get_file_stream(self, *args: object, **kwargs: object) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def load_predictor(settings: Settings) -> Predictor:
+    """Load the configured model once; raises ``ModelUnavailable`` with a clear reason."""
+    from agegroup.predictor import FastaiPredictor
+
+    return FastaiPredictor(settings.model_path, settings.model_dir, settings.torch_threads)
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:
+    """Build the app; the model is loaded here, once per process, unless one is given."""
+    from agegroup.web import AppState, bp
+
+    settings = settings or Settings.from_env()
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    # Werkzeug refuses larger bodies before reading them (413); the slack covers multipart overhead.
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 64 * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024
+    load_error = None
+    if predictor is None:
+        try:
+            predictor = load_predictor(settings)
+            log.info("model %s %s loaded", predictor.info.name, predictor.info.version)
+        except ModelUnavailable as exc:
+            load_error = exc.message
+            log.error("no model loaded: %s", exc.message)
+    app.extensions["agegroup"] = AppState(settings, predictor, load_error)
+    app.register_blueprint(bp)
+
+    @app.after_request
+    def add_security_headers(response):  # type: ignore[no-untyped-def]
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app

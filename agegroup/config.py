@@ -1,0 +1,51 @@
+"""Settings from environment variables, with defaults that are safe on a 512 MB host."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment, resolved once at startup."""
+
+    model_path: Path = field(default_factory=lambda: PROJECT_ROOT / "model" / "export.pkl")
+    # Model files are pickles: only files inside this folder are ever loaded.
+    model_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "model")
+    max_upload_mb: float = 10.0
+    # Pixel count above which an upload is refused before its pixels are decoded.
+    max_pixels: int = 50_000_000
+    # Longest side the photo is shrunk to before detection and cropping.
+    work_size: int = 1600
+    torch_threads: int = 0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        model_path = Path(os.environ.get("AGE_MODEL_PATH") or cls().model_path)
+        model_dir = Path(os.environ.get("AGE_MODEL_DIR") or model_path.resolve().parent)
+        return cls(
+            model_path=model_path,
+            model_dir=model_dir,
+            max_upload_mb=_env_float("AGE_MAX_UPLOAD_MB", 10.0),
+            max_pixels=int(_env_float("AGE_MAX_PIXELS", 50_000_000)),
+            work_size=int(_env_float("AGE_WORK_SIZE", 1600)),
+            torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
+        )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

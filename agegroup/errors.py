@@ -1,0 +1,44 @@
+"""Typed errors, raised where a problem is found and turned into responses by the web layer."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error with a stable machine-readable code, an HTTP status and a user-facing message."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoImage(AppError):
+    code = "no_image"
+    status = 400
+
+
+class BadRequest(AppError):
+    code = "bad_request"
+    status = 400
+
+
+class UploadTooLarge(AppError):
+    code = "too_large"
+    status = 413
+
+
+class UnsupportedImage(AppError):
+    code = "unsupported_type"
+    status = 415
+
+
+class CorruptImage(AppError):
+    code = "corrupt_image"
+    status = 422
+
+
+class ModelUnavailable(AppError):
+    code = "model_unavailable"
+    status = 503

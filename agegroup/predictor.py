@@ -1,0 +1,119 @@
+"""Face crops in, probabilities over the seven age groups out.
+
+One small interface with two implementations of the same exported learner:
+
+* ``FastaiPredictor`` loads ``export.pkl`` with fastai's ``load_learner`` and runs the
+  learner's own pipeline (the reference; about 1 GB resident with CUDA builds of torch).
+* the lean twin (``agegroup.lean``) runs an ONNX copy of the same network with onnxruntime,
+  for hosts with 512 MB of memory; a test proves both give the same probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from agegroup.buckets import BUCKETS
+from agegroup.errors import ModelUnavailable
+from agegroup.preprocess import to_model_input
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    input_size: int
+
+
+class Predictor(Protocol):
+    """What the web layer needs from a model."""
+
+    info: ModelInfo
+
+    def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
+        """Return an ``(n, 7)`` array of probabilities, one row per face, in ``BUCKETS`` order."""
+        ...
+
+
+def check_model_path(path: Path, model_dir: Path) -> Path:
+    """Resolve ``path`` and refuse it unless it lies inside ``model_dir`` and exists.
+
+    A model file is a pickle, and unpickling runs code: only trusted files in the configured
+    folder are ever loaded.
+    """
+    resolved = path.resolve()
+    folder = model_dir.resolve()
+    if not resolved.is_relative_to(folder):
+        raise ModelUnavailable(f"Refusing to load a model outside {folder}.")
+    if not resolved.is_file():
+        raise ModelUnavailable(
+            "No model is installed yet. Train one with `python -m agegroup.training.train` "
+            f"(see README.md) so that {path} exists."
+        )
+    return resolved
+
+
+def check_vocab(vocab: Sequence[str]) -> None:
+    """The model must predict exactly the seven groups, in age order."""
+    if tuple(str(v) for v in vocab) != BUCKETS:
+        raise ModelUnavailable(
+            f"The model's classes {list(vocab)} are not the seven age groups {list(BUCKETS)}."
+        )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _model_version(path: Path) -> str:
+    """A short content-derived version: the file's modification date and size."""
+    stat = path.stat()
+    return time.strftime("%Y%m%d", time.gmtime(stat.st_mtime)) + f"-{stat.st_size % 100000:05d}"
+
+
+class FastaiPredictor:
+    """The exported fastai learner, loaded once and run on the CPU."""
+
+    def __init__(self, path: Path, model_dir: Path, threads: int = 0) -> None:
+        resolved = check_model_path(path, model_dir)
+        import torch
+        from fastai.learner import load_learner
+        from fastai.vision.augment import Resize
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            learn = load_learner(resolved, cpu=True)
+        except Exception as exc:
+            raise ModelUnavailable(
+                f"The model file {path.name} could not be loaded: {exc}"
+            ) from exc
+        if not hasattr(learn, "dls") or not hasattr(learn, "model"):
+            raise ModelUnavailable(f"The model file {path.name} is not a fastai learner.")
+        check_vocab(learn.dls.vocab)
+        learn.model.float().eval()  # shipped weights may be stored in half precision
+        sizes = [t.size for t in learn.dls.after_item.fs if isinstance(t, Resize)]
+        self.learn = learn
+        self._torch = torch
+        self.info = ModelInfo(
+            name=str(getattr(learn, "agegroup_name", resolved.stem)),
+            version=str(getattr(learn, "agegroup_version", _model_version(resolved))),
+            input_size=int(sizes[0][0]) if sizes else 224,
+        )
+
+    def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
+        """Run the learner's own transforms and network on a batch of faces."""
+        prepared = [to_model_input(face, self.info.input_size) for face in faces]
+        dl = self.learn.dls.test_dl(prepared, bs=max(1, len(prepared)))
+        (batch,) = dl.one_batch()[:1]
+        with self._torch.inference_mode():
+            logits = self.learn.model(batch.as_subclass(self._torch.Tensor))
+        return softmax(logits.float().numpy().astype(np.float64))

@@ -1,0 +1,264 @@
+"""Train the ResNet50 age-group learner and export it for the web app.
+
+    python -m agegroup.training.train --size 64 --epochs 12 --out model/export.pkl
+
+The images are decoded once into a uint8 cache (see ``data.build_cache``); every epoch then
+only augments tensors. On CPUs with AMX/AVX512-BF16 the forward and backward passes run under
+bf16 autocast (``--bf16``, default on) with channels-last tensors. A checkpoint is written after
+every epoch under ``--run-dir``; ``--resume`` continues an interrupted run from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import CSVLogger
+from fastai.callback.tracker import SaveModelCallback
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import IndexSplitter, Normalize
+from fastai.learner import Learner
+from fastai.losses import LabelSmoothingCrossEntropyFlat
+from fastai.metrics import accuracy
+from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+from fastai.vision.core import PILImage
+from fastai.vision.data import ImageBlock
+from fastai.vision.learner import vision_learner
+from fastai.vision.models import resnet50
+
+from agegroup.buckets import BUCKETS
+from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from agegroup.training import data as utk
+
+SEED = 42
+
+
+class CachedImages:
+    """fastai ``get_x``: an integer item is a row of the decoded cache, anything else an image.
+
+    The cache is not pickled with the exported learner, so ``load_learner`` needs no data and
+    ``learn.predict`` accepts PIL images, arrays and paths as usual.
+    """
+
+    def __init__(self, images: np.ndarray | None) -> None:
+        self.images = images
+
+    def __call__(self, item: Any) -> Any:
+        if isinstance(item, (int, np.integer)) and self.images is not None:
+            return PILImage.create(self.images[int(item)])
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"images": None}
+
+
+class CachedLabels:
+    """fastai ``get_y``: the bucket label of a cache row (not pickled with the learner)."""
+
+    def __init__(self, buckets: list[int] | None) -> None:
+        self.buckets = buckets
+
+    def __call__(self, item: Any) -> str:
+        if self.buckets is None:
+            raise ValueError("labels are only available while training")
+        return BUCKETS[self.buckets[int(item)]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"buckets": None}
+
+
+class CpuBf16(Callback):
+    """Run forward and loss under bf16 autocast on the CPU, with channels-last inputs."""
+
+    order = 10
+
+    def before_fit(self) -> None:
+        self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self) -> None:
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_loss(self) -> None:
+        self.autocast.__exit__(None, None, None)
+
+    def after_cancel_batch(self) -> None:
+        if torch.is_autocast_cpu_enabled():
+            self.autocast.__exit__(None, None, None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_learner(
+    images: np.ndarray,
+    buckets: list[int],
+    valid_idx: list[int],
+    size: int,
+    batch_size: int = 64,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    label_smoothing: float = 0.1,
+    bf16: bool = True,
+    arch: Callable[..., Any] = resnet50,
+) -> Learner:
+    """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images."""
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(BUCKETS))),
+        get_items=lambda n: list(range(n)),
+        get_x=CachedImages(images),
+        get_y=CachedLabels(buckets),
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=Resize(size, method=ResizeMethod.Squish),
+        batch_tfms=[
+            *aug_transforms(
+                do_flip=True,
+                flip_vert=False,
+                max_rotate=10.0,
+                max_zoom=1.1,
+                max_lighting=0.3,
+                max_warp=0.0,
+                p_affine=0.75,
+                p_lighting=0.75,
+            ),
+            Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD),
+        ],
+    )
+    dls = block.dataloaders(len(images), bs=batch_size, num_workers=0, device="cpu")
+    learn = vision_learner(
+        dls,
+        arch,
+        pretrained=pretrained,
+        loss_func=LabelSmoothingCrossEntropyFlat(eps=label_smoothing),
+        metrics=accuracy,
+        cbs=[CpuBf16()] if bf16 else [],
+    )
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = learn.model[0].load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
+        )
+        print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+    return learn
+
+
+def export_learner(
+    learn: Learner, path: Path, name: str, version: str | None = None, half: bool = True
+) -> Path:
+    """Export for ``load_learner``: no callbacks needing training code, fp16 weights if asked.
+
+    The app converts the weights back to float32 at load time and shows ``name``/``version``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    learn.agegroup_name = name
+    learn.agegroup_version = version or time.strftime("%Y.%m.%d", time.gmtime())
+    for cb in [cb for cb in learn.cbs if isinstance(cb, (CpuBf16, SaveModelCallback, CSVLogger))]:
+        learn.remove_cb(cb)
+    learn.model.to(memory_format=torch.contiguous_format)
+    if half:
+        learn.model.half()
+    learn.export(path.resolve())
+    learn.model.float()
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
+    parser.add_argument("--cache", type=Path, default=Path("data-cache"))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--wd", type=float, default=0.05)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--pretrained", action="store_true", help="fastai's ImageNet weights (internet)"
+    )
+    weights.add_argument("--weights", type=Path, help="a local torchvision resnet50 state_dict")
+    weights.add_argument(
+        "--no-pretrained", action="store_true", help="train from scratch (default)"
+    )
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--out", type=Path, default=Path("model/export.pkl"))
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    samples = {s.name: s for s in utk.list_samples(args.data)}
+    images, names = utk.load_cache(utk.build_cache(args.data, args.size, args.cache))
+    keep = [i for i, name in enumerate(names) if name in samples and not samples[name].is_test]
+    images = images[keep]
+    train_samples = [samples[names[i]] for i in keep]
+    buckets = [s.bucket for s in train_samples]
+    # Validation comes out of the training split, by group, with the same kind of hash rule.
+    valid_idx = [
+        i
+        for i, s in enumerate(train_samples)
+        if int(utk.hashlib.sha256(("valid:" + s.group).encode()).hexdigest()[:8], 16) % 1000
+        < int(args.valid_fraction * 1000)
+    ]
+    print(f"train {len(images) - len(valid_idx)}  valid {len(valid_idx)}  size {args.size}")
+    learn = build_learner(
+        images,
+        buckets,
+        valid_idx,
+        args.size,
+        args.bs,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        label_smoothing=args.label_smoothing,
+        bf16=not args.no_bf16,
+    )
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    learn.path = args.run_dir
+    learn.model_dir = "."
+    start_epoch = 0
+    state_file = args.run_dir / "progress.json"
+    if args.resume and state_file.exists():
+        start_epoch = json.loads(state_file.read_text())["epochs_done"]
+        learn.load("last", with_opt=True)
+        print(f"resuming after epoch {start_epoch}")
+
+    class Progress(Callback):
+        def after_epoch(self) -> None:
+            learn.save("last", with_opt=True)
+            state_file.write_text(json.dumps({"epochs_done": self.epoch + 1, "time": time.time()}))
+
+    started = time.time()
+    learn.fit_one_cycle(
+        args.epochs,
+        args.lr,
+        wd=args.wd,
+        start_epoch=start_epoch,
+        cbs=[CSVLogger(fname="history.csv", append=True), Progress()],
+    )
+    print(f"training took {time.time() - started:.0f} s")
+    export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
+    print(f"exported {args.out}")
+
+
+if __name__ == "__main__":
+    main()
