@@ -35,6 +35,12 @@ class InMemoryRequest(Request):
 
 def load_predictor(settings: Settings) -> Predictor:
     """Load the configured model once; raises ``ModelUnavailable`` with a clear reason."""
+    if settings.runtime == "onnx":
+        from agegroup.lean import OnnxPredictor
+
+        return OnnxPredictor(settings.lean_model_path, settings.model_dir, settings.torch_threads)
+    if settings.runtime != "fastai":
+        raise ModelUnavailable(f"AGE_RUNTIME must be 'fastai' or 'onnx', not {settings.runtime!r}.")
     from agegroup.predictor import FastaiPredictor
 
     return FastaiPredictor(settings.model_path, settings.model_dir, settings.torch_threads)

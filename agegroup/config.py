@@ -32,6 +32,8 @@ class Settings:
     # Longest side the photo is shrunk to before detection and cropping.
     work_size: int = 1600
     torch_threads: int = 0
+    # "fastai": load_learner on export.pkl (reference); "onnx": the lean twin (512 MB hosts).
+    runtime: str = "fastai"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,7 +46,13 @@ class Settings:
             max_pixels=int(_env_float("AGE_MAX_PIXELS", 50_000_000)),
             work_size=int(_env_float("AGE_WORK_SIZE", 1600)),
             torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
+            runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
         )
+
+    @property
+    def lean_model_path(self) -> Path:
+        """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``)."""
+        return self.model_path.with_suffix(".onnx")
 
     @property
     def max_upload_bytes(self) -> int:
