@@ -1,0 +1,291 @@
+"""The routes and every bad input of the upload path, through Flask's test client."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegroup import create_app
+from agegroup.buckets import BUCKETS
+from agegroup.config import Settings
+
+from conftest import export_tiny_learner, image_bytes, synthetic_faces
+
+
+def post(client, data: bytes | None, url: str = "/api/predict", name: str = "photo.jpg"):
+    form = {} if data is None else {"image": (io.BytesIO(data), name)}
+    return client.post(url, data=form, content_type="multipart/form-data")
+
+
+def assert_json_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.data[:300]
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and len(body["error"]["message"]) > 10
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def assert_still_serving(client, face_jpeg: bytes) -> None:
+    assert post(client, face_jpeg).status_code == 200
+
+
+def photo(size=(160, 120), seed=1) -> Image.Image:
+    """A smooth synthetic picture (upscaled from 64 px, so large sizes still compress well)."""
+    return Image.fromarray(synthetic_faces(1, 64, seed=seed)[0]).resize(size, Image.BILINEAR)
+
+
+# --- the happy path -------------------------------------------------------------------------
+
+
+def test_index_has_an_upload_form_that_works_without_javascript(client):
+    response = client.get("/")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'enctype="multipart/form-data"' in html
+    assert 'action="/predict"' in html and 'method="post"' in html
+    assert 'type="file" name="image" accept="image/*"' in html
+    assert 'type="submit"' in html
+    assert "never stored" in html  # the privacy promise is on the page
+
+
+def test_healthz_names_the_loaded_model(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "model": {"name": "tiny-test-model", "version": "0.0.1"},
+    }
+
+
+def test_api_predict_returns_the_documented_schema(client, face_jpeg):
+    response = post(client, face_jpeg)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) >= {"model", "image", "faces", "elapsed_ms"}
+    assert body["model"] == {"name": "tiny-test-model", "version": "0.0.1"}
+    assert body["image"] == {"width": 120, "height": 120}
+    assert isinstance(body["elapsed_ms"], float) and body["elapsed_ms"] > 0
+    assert len(body["faces"]) >= 1
+    for face in body["faces"]:
+        assert set(face) >= {"box", "bucket", "confidence", "probabilities"}
+        probabilities = face["probabilities"]
+        assert list(probabilities) == list(BUCKETS)  # every group, in age order
+        assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+        assert abs(sum(probabilities.values()) - 1.0) < 1e-6
+        assert face["bucket"] == max(probabilities, key=probabilities.get)
+        assert face["confidence"] == pytest.approx(probabilities[face["bucket"]], abs=1e-6)
+
+
+def test_api_matches_the_learners_own_predict(app, client, face_jpeg):
+    predictor = app.extensions["agegroup"].predictor
+    image = Image.open(io.BytesIO(face_jpeg)).convert("RGB")
+    _, _, expected = predictor.learn.predict(image)
+    faces = post(client, face_jpeg).get_json()["faces"]
+    whole = [f for f in faces if f["box"] is None] or faces
+    got = list(whole[0]["probabilities"].values())
+    assert np.allclose(got, expected.numpy(), atol=1e-4)
+
+
+def test_result_page_shows_photo_group_and_seven_bars_in_order(client, face_jpeg):
+    api = post(client, face_jpeg).get_json()["faces"][0]
+    response = post(client, face_jpeg, url="/predict")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'src="data:image/jpeg;base64,' in html  # shown inline, never stored
+    assert f'id="predicted-bucket-1">{api["bucket"]}<' in html
+    positions = [html.index(f'data-bucket="{bucket}"') for bucket in BUCKETS]
+    assert positions == sorted(positions)
+    assert html.count('class="bar winner"') == len(api and [api])
+    winner = html.index('class="bar winner"')
+    assert html[winner:].index(f'data-bucket="{api["bucket"]}"') < 40
+    for bucket, p in api["probabilities"].items():
+        assert f"{p * 100:.1f}%" in html, bucket
+    assert html.count('name="image"') == 1  # a form to try another photo
+
+
+def test_every_response_carries_security_headers(client):
+    headers = client.get("/").headers
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_no_file_is_400(client, face_jpeg):
+    assert_json_error(post(client, None), 400, "no_image")
+    assert_still_serving(client, face_jpeg)
+
+
+def test_empty_file_is_400(client, face_jpeg):
+    assert_json_error(post(client, b""), 400, "no_image")
+    assert_still_serving(client, face_jpeg)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"hello, this is text", b"<html><body>not a photo</body></html>", b"%PDF-1.4\n%\xe2\xe3\n"],
+)
+def test_a_file_that_is_not_an_image_is_415_whatever_its_name(client, face_jpeg, payload):
+    assert_json_error(post(client, payload, name="photo.jpg"), 415, "unsupported_type")
+    assert_still_serving(client, face_jpeg)
+
+
+def test_html_errors_are_pages_with_the_message(client):
+    response = post(client, b"not an image", url="/predict")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 415
+    assert "text/html" in response.headers["Content-Type"]
+    assert "JPEG, PNG, WebP or GIF" in html and "Traceback" not in html
+
+
+def test_truncated_jpeg_is_422(client, face_jpeg):
+    big = image_bytes(photo((400, 300)), quality=95)
+    assert_json_error(post(client, big[: len(big) // 2]), 422, "corrupt_image")
+    assert_still_serving(client, face_jpeg)
+
+
+def test_corrupt_png_is_422(client, face_jpeg):
+    png = bytearray(image_bytes(photo(), "PNG"))
+    png[60:200] = bytes(140)  # zero out the compressed pixel data
+    assert_json_error(post(client, bytes(png), name="a.png"), 422, "corrupt_image")
+    assert_still_serving(client, face_jpeg)
+
+
+def test_upload_over_the_size_limit_is_413(client, face_jpeg):
+    noise = np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)
+    big = image_bytes(Image.fromarray(noise), "PNG")
+    assert len(big) > 1024 * 1024  # the test app's limit is 1 MB
+    assert_json_error(post(client, big, name="big.png"), 413, "too_large")
+    assert_still_serving(client, face_jpeg)
+
+
+def test_the_size_limit_comes_from_the_environment(monkeypatch, settings):
+    monkeypatch.setenv("AGE_MAX_UPLOAD_MB", "3")
+    assert Settings.from_env().max_upload_bytes == 3 * 1024 * 1024
+    monkeypatch.delenv("AGE_MAX_UPLOAD_MB")
+    assert Settings.from_env().max_upload_bytes == 10 * 1024 * 1024
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+    png = bytearray(image_bytes(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = bytes(png[12:16]) + struct.pack(">II", width, height) + bytes(png[24:29])
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    return bytes(png)
+
+
+def test_decompression_bomb_is_refused_before_decoding(client, face_jpeg):
+    bomb = _png_claiming(100_000, 100_000)
+    assert len(bomb) < 200
+    response = post(client, bomb, name="bomb.png")
+    assert response.status_code in (413, 422)
+    assert response.get_json()["error"]["code"] in ("too_large", "corrupt_image")
+    assert_still_serving(client, face_jpeg)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("LA", "PNG")],
+)
+def test_unusual_pixel_modes_are_predicted(client, mode, fmt):
+    base = photo()
+    if mode == "I;16":
+        pixels = np.asarray(base.convert("L"), dtype=np.uint16) * 257
+        image = Image.fromarray(pixels, "I;16")
+    elif mode == "P":
+        image = base.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        image = base.convert(mode)
+    response = post(client, image_bytes(image, fmt), name=f"x.{fmt.lower()}")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["image"] == {"width": 160, "height": 120}
+
+
+def test_exif_orientation_is_applied_before_prediction(client):
+    upright = photo((120, 180), seed=5)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a phone sensor writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rotated = post(client, image_bytes(stored, "PNG", exif=exif), name="phone.png").get_json()
+    plain = post(client, image_bytes(upright, "PNG"), name="upright.png").get_json()
+    assert rotated["image"] == {"width": 120, "height": 180}
+    assert np.allclose(
+        list(rotated["faces"][0]["probabilities"].values()),
+        list(plain["faces"][0]["probabilities"].values()),
+        atol=1e-5,
+    )
+
+
+def test_a_very_large_photo_is_downscaled_and_predicted(settings, app):
+    roomy = Settings(**{**settings.__dict__, "max_upload_mb": 10})
+    client = create_app(roomy, predictor=app.extensions["agegroup"].predictor).test_client()
+    large = photo((5000, 3800), seed=7)
+    response = post(client, image_bytes(large, quality=80), name="large.jpg")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["image"] == {"width": 5000, "height": 3800}
+
+
+def test_more_pixels_than_allowed_is_413(settings, app, face_jpeg):
+    small = Settings(**{**settings.__dict__, "max_pixels": 10_000})
+    client = create_app(small, predictor=app.extensions["agegroup"].predictor).test_client()
+    assert_json_error(post(client, image_bytes(photo((200, 100)))), 413, "too_large")
+
+
+def test_two_image_fields_are_400(client, face_jpeg):
+    form = {"image": [(io.BytesIO(face_jpeg), "a.jpg"), (io.BytesIO(face_jpeg), "b.jpg")]}
+    response = client.post("/api/predict", data=form, content_type="multipart/form-data")
+    assert_json_error(response, 400, "bad_request")
+
+
+def test_wrong_method_and_unknown_path_get_clean_errors(client):
+    assert_json_error(client.get("/api/predict"), 405, "method_not_allowed")
+    assert_json_error(client.get("/api/nothing"), 404, "not_found")
+    page = client.get("/nowhere")
+    assert page.status_code == 404 and "text/html" in page.headers["Content-Type"]
+
+
+# --- no model, wrong model ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_model_client(tmp_path: Path):
+    settings = Settings(model_path=tmp_path / "export.pkl", model_dir=tmp_path)
+    return create_app(settings).test_client()
+
+
+def test_without_a_model_the_server_starts_and_says_how_to_make_one(no_model_client, face_jpeg):
+    page = no_model_client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "No model is installed" in html and "agegroup.training.train" in html
+    assert_json_error(post(no_model_client, face_jpeg), 503, "model_unavailable")
+    assert_json_error(no_model_client.get("/healthz"), 503, "model_unavailable")
+    assert post(no_model_client, face_jpeg, url="/predict").status_code == 503
+
+
+def test_a_learner_with_other_classes_is_refused_at_startup(tmp_path: Path, face_jpeg):
+    export_tiny_learner(tmp_path / "export.pkl", vocab_ok=False)
+    settings = Settings(model_path=tmp_path / "export.pkl", model_dir=tmp_path)
+    app = create_app(settings)
+    state = app.extensions["agegroup"]
+    assert state.predictor is None
+    assert "not the seven age groups" in state.load_error
+    assert_json_error(app.test_client().get("/healthz"), 503, "model_unavailable")
+
+
+def test_a_model_path_outside_the_model_folder_is_refused(tmp_path: Path, model_dir: Path):
+    settings = Settings(model_path=model_dir / "export.pkl", model_dir=tmp_path)
+    state = create_app(settings).extensions["agegroup"]
+    assert state.predictor is None and "outside" in state.load_error
