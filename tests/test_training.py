@@ -6,13 +6,14 @@ import pickle
 
 import numpy as np
 import torch
-from conftest import synthetic_faces
 from fastai.learner import load_learner
 from PIL import Image
 
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.train import CachedImages, build_learner, export_learner
+
+from conftest import synthetic_faces
 
 
 def test_resnet50_trains_a_batch_and_exports_a_loadable_half_precision_learner(tmp_path):
