@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # Werkzeug refuses larger bodies before reading them (413); the slack covers multipart overhead.
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 64 * 1024
-    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     load_error = None
     if predictor is None:
         try:

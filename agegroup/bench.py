@@ -1,0 +1,532 @@
+"""Benchmark the server the way it is deployed: memory, cold start, latency, throughput.
+
+    python -m agegroup.bench                       # the lean (ONNX) runtime on model/export.onnx
+    python -m agegroup.bench --runtime fastai      # the reference runtime, for comparison
+
+Starts gunicorn with the ``Procfile``'s own command on a loopback port, posts composed ~1 MP
+photos (UTKFace test-split crops pasted on a background) to ``/api/predict``, prints a table
+and writes it as JSON (``bench/results/latest.json``). Not a unit test: its numbers depend on
+the machine and on whatever else runs on it (the load average is recorded with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from agegroup.config import PROJECT_ROOT, Settings
+
+PHOTO_SIZE = (1280, 800)  # 1.02 megapixels
+DEFAULT_OUT = PROJECT_ROOT / "bench" / "results" / "latest.json"
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "utkface"
+
+
+# --- photos ---------------------------------------------------------------------------------
+
+
+def test_crops(data_dir: Path, count: int) -> list[Image.Image]:
+    """``count`` UTKFace test-split crops, evenly spread over the split (a fixed choice)."""
+    from agegroup.training import data as utk
+
+    image_dir = utk.image_dir_of(data_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"UTKFace is not at {data_dir} (need {image_dir})")
+    tests = [s for s in utk.list_samples(data_dir) if s.is_test]
+    step = max(1, len(tests) // count)
+    return [Image.open(image_dir / s.name).convert("RGB") for s in tests[::step][:count]]
+
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A smooth two-colour gradient with a little noise, so the JPEG is photo-sized."""
+    width, height = size
+    top, bottom = rng.integers(40, 220, size=(2, 3))
+    ramp = np.linspace(0.0, 1.0, height)[:, None, None]
+    pixels = top * (1 - ramp) + bottom * ramp + rng.normal(0, 6, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def compose_photo(
+    faces: Sequence[Image.Image], rng: np.random.Generator, size: tuple[int, int] = PHOTO_SIZE
+) -> bytes:
+    """Paste ``faces`` side by side (random sizes and offsets) on a background; JPEG bytes."""
+    photo = _background(rng, size)
+    slot = size[0] // max(1, len(faces))
+    for index, face in enumerate(faces):
+        side = int(min(slot * 0.9, size[1] * 0.45) * rng.uniform(0.8, 1.0))
+        x = index * slot + int(rng.integers(0, max(1, slot - side)))
+        y = int(rng.integers(0, size[1] - side))
+        photo.paste(face.resize((side, side), Image.Resampling.BILINEAR), (x, y))
+    buffer = BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def photo_sets(crops: Sequence[Image.Image], variants: int, seed: int = 0) -> dict[str, list]:
+    """``variants`` different one-face and five-face photos built from the crops."""
+    rng = np.random.default_rng(seed)
+    one = [compose_photo([crops[i % len(crops)]], rng) for i in range(variants)]
+    five = [
+        compose_photo([crops[(5 * i + k) % len(crops)] for k in range(5)], rng)
+        for i in range(variants)
+    ]
+    return {"one": one, "five": five}
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+def procfile_command(port: int, procfile: Path = PROJECT_ROOT / "Procfile") -> list[str]:
+    """The Procfile's ``web`` command, bound to ``127.0.0.1:port`` instead of ``0.0.0.0``."""
+    for line in procfile.read_text().splitlines():
+        if line.startswith("web:"):
+            words = shlex.split(line.removeprefix("web:"))
+            break
+    else:
+        raise ValueError(f"{procfile} has no web: line")
+    words = [w.replace("0.0.0.0", "127.0.0.1").replace("$PORT", str(port)) for w in words]
+    local = Path(sys.executable).parent / words[0]
+    if local.exists():
+        words[0] = str(local)
+    elif shutil.which(words[0]) is None:
+        raise FileNotFoundError(f"{words[0]} is not installed")
+    return words
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmHWM and VmRSS of a process, in kB (0 if it is gone)."""
+    values = {"VmHWM": 0, "VmRSS": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return values
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (gunicorn's master and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def memory_mb(root: int) -> dict[str, Any]:
+    """Sum of VmHWM (peak) and VmRSS (now) over the server's processes, in MB."""
+    per = {pid: proc_status(pid) for pid in process_tree(root)}
+    return {
+        "processes": len(per),
+        "peak_mb": round(sum(s["VmHWM"] for s in per.values()) / 1024, 1),
+        "rss_mb": round(sum(s["VmRSS"] for s in per.values()) / 1024, 1),
+        "per_process_peak_mb": [round(s["VmHWM"] / 1024, 1) for s in per.values()],
+    }
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    cold_start_s: float
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(env: dict[str, str], extra_args: Sequence[str], timeout: float) -> Server:
+    """Start gunicorn and wait until ``/healthz`` answers 200; raises with its log if not."""
+    port = free_port()
+    command = procfile_command(port) + list(extra_args)
+    log_path = Path(tempfile.mkstemp(prefix="agegroup-bench-", suffix=".log")[1])
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env, "PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, log_path, 0.0)
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            status, _ = request(port, "GET", "/healthz")
+        except OSError:
+            status = 0
+        if status == 200:
+            server.cold_start_s = time.perf_counter() - started
+            return server
+        if status == 503:
+            server.stop()
+            raise RuntimeError(f"the server has no model:\n{server.log_tail()}")
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"no answer from /healthz within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            conn.close()
+
+
+def multipart(photo: bytes) -> tuple[bytes, dict[str, str]]:
+    """A form with the photo in the field ``image``, as a browser sends it."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    body = head.encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@dataclass
+class Tally:
+    """Latencies and errors of the predictions so far (shared by client threads)."""
+
+    count: int = 0
+    errors: int = 0
+    faces: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def post(self, port: int, photo: bytes, conn: http.client.HTTPConnection) -> float:
+        body, headers = multipart(photo)
+        started = time.perf_counter()
+        try:
+            status, payload = request(port, "POST", "/api/predict", body, headers, conn)
+            faces = len(json.loads(payload).get("faces", [])) if status == 200 else -1
+        except (OSError, http.client.HTTPException, ValueError):
+            status, faces = 0, -1
+            conn.close()
+        elapsed = time.perf_counter() - started
+        with self.lock:
+            self.count += 1
+            if status != 200:
+                self.errors += 1
+            else:
+                self.faces.append(faces)
+        return elapsed
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def latency(port: int, photos: Sequence[bytes], count: int, tally: Tally) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    times = [tally.post(port, photos[i % len(photos)], conn) * 1000 for i in range(count)]
+    conn.close()
+    return {
+        "requests": count,
+        "p50_ms": round(percentile(times, 50), 1),
+        "p95_ms": round(percentile(times, 95), 1),
+        "mean_ms": round(statistics.fmean(times), 1),
+    }
+
+
+def throughput(
+    port: int, photos: Sequence[bytes], clients: int, total: int, tally: Tally
+) -> dict[str, float]:
+    """``total`` requests shared by ``clients`` threads, each on its own keep-alive connection."""
+    next_index = iter(range(total))
+    lock = threading.Lock()
+    times: list[float] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                index = next(next_index, None)
+            if index is None:
+                break
+            elapsed = tally.post(port, photos[index % len(photos)], conn)
+            with lock:
+                times.append(elapsed * 1000)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": total,
+        "per_s": round(total / wall, 2),
+        "p50_ms": round(percentile(times, 50), 1),
+    }
+
+
+# --- the model alone ------------------------------------------------------------------------
+
+
+def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -> dict[str, float]:
+    """Median time of ``predictor.predict`` (preprocessing + network) for 1 and 5 faces."""
+    from agegroup import load_predictor
+
+    predictor = load_predictor(settings)
+
+    def median_ms(call: Callable[[], object]) -> float:
+        call()
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        return round(statistics.median(samples), 2)
+
+    return {
+        "one_face_ms": median_ms(lambda: predictor.predict(crops[:1])),
+        "five_faces_ms": median_ms(lambda: predictor.predict(crops[:5])),
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "versions": {n: version(n) for n in ("onnxruntime", "torch", "fastai", "gunicorn")},
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = args.model.resolve()
+    served = model.with_suffix(".onnx") if args.runtime == "onnx" else model.with_suffix(".pkl")
+    if not served.is_file():
+        raise FileNotFoundError(f"{served} does not exist (see README: model files)")
+    crops = test_crops(args.data, 40)
+    photos = photo_sets(crops, variants=args.variants)
+    env = {
+        "AGE_RUNTIME": args.runtime,
+        "AGE_MODEL_PATH": str(model.with_suffix(".pkl")),
+        "AGE_MODEL_DIR": str(model.parent),
+        "AGE_TORCH_THREADS": str(args.model_threads),
+        "WEB_CONCURRENCY": str(args.workers),
+        "GUNICORN_THREADS": str(args.threads),
+    }
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "runtime": args.runtime,
+            "model": str(served),
+            "model_mb": round(served.stat().st_size / 1e6, 1),
+            "workers": args.workers,
+            "threads": args.threads,
+            "model_threads": args.model_threads,
+            "preload": args.preload,
+            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+            "photo": f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG",
+        },
+    }
+    tally = Tally()
+    server = start_server(env, ["--preload"] if args.preload else [], args.start_timeout)
+    try:
+        port = server.port
+        result["cold_start_s"] = round(server.cold_start_s, 2)
+        result["memory_after_start"] = memory_mb(server.process.pid)
+        for photo in (photos["one"][0], photos["five"][0]):  # first requests warm the caches
+            tally.post(port, photo, http.client.HTTPConnection("127.0.0.1", port, timeout=120))
+        result["latency_one_face"] = latency(port, photos["one"], args.requests, tally)
+        result["latency_five_faces"] = latency(port, photos["five"], args.requests, tally)
+        result["memory_mid"] = {**memory_mb(server.process.pid), "predictions": tally.count}
+        mixed = [p for pair in zip(photos["one"], photos["five"]) for p in pair]
+        result["throughput"] = [
+            throughput(port, mixed, clients, args.throughput_requests, tally)
+            for clients in (1, 2, 4)
+        ]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while tally.count < args.total:
+            tally.post(port, mixed[tally.count % len(mixed)], conn)
+        result["memory_after"] = {**memory_mb(server.process.pid), "predictions": tally.count}
+    finally:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)
+    result["errors"] = tally.errors
+    result["predictions"] = tally.count
+    result["faces_per_photo_seen"] = round(statistics.fmean(tally.faces), 2) if tally.faces else 0
+    settings = Settings(
+        model_path=model.with_suffix(".pkl"),
+        model_dir=model.parent,
+        torch_threads=args.model_threads,
+        runtime=args.runtime,
+    )
+    result["forward"] = forward_ms(settings, crops, args.forward_repeats)
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The README table: one line per measurement."""
+    config, m = result["config"], result["machine"]
+    one, five = result["latency_one_face"], result["latency_five_faces"]
+    rows = [
+        ("machine", f"{m['nproc']} CPUs, {m['cpu']}, load {m['load_average'][0]}"),
+        (
+            "server",
+            f"{config['runtime']} runtime, {config['workers']} worker x {config['threads']} "
+            f"threads, model threads {config['model_threads'] or 'auto'}"
+            + (", --preload" if config["preload"] else "")
+            + (
+                f", MALLOC_ARENA_MAX={config['malloc_arena_max']}"
+                if config["malloc_arena_max"]
+                else ""
+            ),
+        ),
+        ("model file", f"{Path(config['model']).name} ({config['model_mb']} MB)"),
+        ("cold start (to /healthz 200)", f"{result['cold_start_s']:.2f} s"),
+        ("peak RSS after start (all procs)", f"{result['memory_after_start']['peak_mb']:.0f} MB"),
+        (
+            f"peak RSS after {result['memory_after']['predictions']} predictions",
+            f"{result['memory_after']['peak_mb']:.0f} MB "
+            f"(RSS now {result['memory_after']['rss_mb']:.0f} MB; after "
+            f"{result['memory_mid']['predictions']}: {result['memory_mid']['rss_mb']:.0f} MB)",
+        ),
+        ("1-face photo p50 / p95", f"{one['p50_ms']:.0f} / {one['p95_ms']:.0f} ms"),
+        ("5-face photo p50 / p95", f"{five['p50_ms']:.0f} / {five['p95_ms']:.0f} ms"),
+        (
+            "model forward, 1 / 5 faces",
+            f"{result['forward']['one_face_ms']:.1f} / {result['forward']['five_faces_ms']:.1f} ms",
+        ),
+    ]
+    for level in result["throughput"]:
+        rows.append((f"throughput, {level['clients']} clients", f"{level['per_s']:.1f} req/s"))
+    rows.append(("errors", str(result["errors"])))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", choices=("onnx", "fastai"), default="onnx")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=PROJECT_ROOT / "model" / "export.pkl",
+        help="the learner; the onnx runtime serves the .onnx beside it",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UTKFace folder")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", 4)))
+    parser.add_argument("--model-threads", type=int, default=1, help="0: the runtime decides")
+    parser.add_argument("--preload", action="store_true", help="load the app before forking")
+    parser.add_argument("--requests", type=int, default=50, help="per latency measurement")
+    parser.add_argument("--throughput-requests", type=int, default=40, help="per client level")
+    parser.add_argument("--total", type=int, default=200, help="predictions before final memory")
+    parser.add_argument("--variants", type=int, default=12, help="different photos per kind")
+    parser.add_argument("--forward-repeats", type=int, default=30)
+    parser.add_argument("--start-timeout", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The lean runtime: same probabilities as the learner, never torch, and a deploy that uses it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegroup import create_app
+from agegroup.bench import (
+    DEFAULT_DATA,
+    compose_photo,
+    memory_mb,
+    percentile,
+    procfile_command,
+)
+from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.errors import ModelUnavailable
+from agegroup.lean import OnnxPredictor, export_onnx, main
+from agegroup.predictor import FastaiPredictor
+from agegroup.preprocess import to_model_input
+
+from conftest import image_bytes, synthetic_faces
+
+TOLERANCE = 1e-4
+HAS_UTKFACE = (DEFAULT_DATA / "UTKFace").is_dir()
+
+
+@pytest.fixture(scope="module")
+def lean_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny learner and its ONNX twin."""
+    folder = tmp_path_factory.mktemp("lean")
+    shutil.copy(model_dir / "export.pkl", folder / "export.pkl")
+    export_onnx(folder / "export.pkl")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def twin(lean_dir: Path) -> OnnxPredictor:
+    return OnnxPredictor(lean_dir / "export.onnx", lean_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(lean_dir: Path) -> FastaiPredictor:
+    return FastaiPredictor(lean_dir / "export.pkl", lean_dir)
+
+
+def varied_faces() -> list[Image.Image]:
+    """Sizes above, at and below the model's input, and modes other than RGB."""
+    faces = [Image.fromarray(a) for a in synthetic_faces(3, 200, seed=5)]
+    faces.append(Image.fromarray(synthetic_faces(1, 32, seed=6)[0]))
+    faces.append(Image.fromarray(synthetic_faces(1, 17, seed=7)[0]).convert("L"))
+    faces.append(Image.fromarray(synthetic_faces(1, 90, seed=8)[0]).convert("RGBA"))
+    return faces
+
+
+def test_same_probabilities_as_fastai_predictor(twin, reference) -> None:
+    faces = varied_faces()
+    batch = twin.predict(faces)
+    assert batch.shape == (len(faces), 7)
+    assert np.allclose(batch.sum(axis=1), 1.0)
+    assert np.abs(batch - reference.predict(faces)).max() < TOLERANCE
+    # One at a time gives the same rows as a batch (the batch axis is dynamic).
+    for face, row in zip(faces, batch):
+        assert np.abs(twin.predict([face])[0] - row).max() < TOLERANCE
+
+
+def test_same_probabilities_as_learn_predict(twin, reference) -> None:
+    size = reference.info.input_size
+    for face in varied_faces()[:4]:
+        _, _, own = reference.learn.predict(to_model_input(face, size))
+        assert np.abs(twin.predict([face])[0] - own.float().numpy()).max() < TOLERANCE
+
+
+@pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
+def test_same_probabilities_on_utkface_test_crops(lean_dir) -> None:
+    from agegroup.lean import check_faces, compare
+
+    result = compare(lean_dir / "export.pkl", lean_dir / "export.onnx", check_faces(5))
+    assert result["max_diff_vs_fastai_predictor"] < TOLERANCE
+    assert result["max_diff_vs_learn_predict"] < TOLERANCE
+
+
+def test_twin_carries_the_learner_identity(twin, reference) -> None:
+    assert twin.info == reference.info
+    assert twin.predict([]).shape == (0, 7)
+
+
+def test_weights_are_stored_in_half_precision(lean_dir) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(lean_dir / "export.onnx"))
+    kinds = [init.data_type for init in model.graph.initializer if np.prod(init.dims) >= 16]
+    assert kinds and set(kinds) == {TensorProto.FLOAT16}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["vocab"])[0] == "0-10"
+    assert int(meta["input_size"]) == 32
+
+
+def test_cli_writes_the_same_file_again(lean_dir, tmp_path) -> None:
+    shutil.copy(lean_dir / "export.pkl", tmp_path / "export.pkl")
+    assert main([str(tmp_path / "export.pkl"), "--check", "0"]) == 0
+    assert (tmp_path / "export.onnx").read_bytes() == (lean_dir / "export.onnx").read_bytes()
+
+
+def test_refuses_a_twin_of_another_learner(lean_dir, tmp_path) -> None:
+    shutil.copy(lean_dir / "export.onnx", tmp_path / "export.onnx")
+    (tmp_path / "export.pkl").write_bytes(b"a different learner")
+    with pytest.raises(ModelUnavailable, match="not made from"):
+        OnnxPredictor(tmp_path / "export.onnx", tmp_path)
+
+
+def test_refuses_wrong_classes_and_broken_files(lean_dir, tmp_path) -> None:
+    import onnx
+
+    model = onnx.load(str(lean_dir / "export.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "vocab":
+            prop.value = json.dumps(["young", "old"])
+    onnx.save(model, str(tmp_path / "wrong.onnx"))
+    with pytest.raises(ModelUnavailable, match="seven age groups"):
+        OnnxPredictor(tmp_path / "wrong.onnx", tmp_path)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        OnnxPredictor(tmp_path / "broken.onnx", tmp_path)
+    with pytest.raises(ModelUnavailable, match="outside"):
+        OnnxPredictor(lean_dir / "export.onnx", tmp_path)
+
+
+def test_app_serves_the_same_answer_with_either_runtime(lean_dir, client) -> None:
+    settings = Settings(
+        model_path=lean_dir / "export.pkl", model_dir=lean_dir, max_upload_mb=1, runtime="onnx"
+    )
+    lean_client = create_app(settings).test_client()
+    photo = image_bytes(Image.fromarray(synthetic_faces(1, 160, seed=11)[0]))
+    answers = [
+        c.post("/api/predict", data={"image": (io.BytesIO(photo), "face.jpg")})
+        for c in (client, lean_client)
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    faces = [a.get_json()["faces"] for a in answers]
+    assert len(faces[0]) == len(faces[1]) >= 1
+    for ours, theirs in zip(faces[1], faces[0]):
+        for bucket, value in theirs["probabilities"].items():
+            assert abs(ours["probabilities"][bucket] - value) < TOLERANCE
+
+
+def test_lean_server_never_imports_torch_or_fastai(lean_dir) -> None:
+    script = """
+import io, json, sys
+from agegroup import create_app
+from PIL import Image
+app = create_app()
+photo = io.BytesIO()
+Image.new("RGB", (300, 200), (120, 90, 60)).save(photo, "JPEG")
+photo.seek(0)
+status = app.test_client().post("/api/predict", data={"image": (photo, "p.jpg")}).status_code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+               {"torch", "torchvision", "fastai", "pandas", "matplotlib", "scipy"})
+print(json.dumps({"status": status, "heavy": heavy}))
+"""
+    env = {
+        **os.environ,
+        "AGE_RUNTIME": "onnx",
+        "AGE_MODEL_PATH": str(lean_dir / "export.pkl"),
+        "AGE_MODEL_DIR": str(lean_dir),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"status": 200, "heavy": []}
+
+
+# --- the deploy -----------------------------------------------------------------------------
+
+
+def _requirements(name: str) -> dict[str, str]:
+    lines = (PROJECT_ROOT / name).read_text().splitlines()
+    found = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            package = line.split(";")[0]
+            for mark in ("==", ">=", "<=", "~=", "<", ">", "["):
+                package = package.split(mark)[0]
+            found[package.strip().lower()] = line
+    return found
+
+
+def test_render_requirements_are_the_runtime_ones_without_torch() -> None:
+    full, render = _requirements("requirements.txt"), _requirements("requirements-render.txt")
+    assert not {"torch", "torchvision", "fastai", "onnx"} & set(render)
+    assert "onnxruntime" in render
+    for package, line in render.items():
+        assert full.get(package) == line, f"{package} differs from requirements.txt"
+    # Everything else the app needs at run time is there too.
+    assert set(full) - set(render) <= {"torch", "torchvision", "fastai", "onnx"}
+
+
+def test_render_blueprint_starts_what_the_procfile_starts() -> None:
+    import yaml
+
+    blueprint = yaml.safe_load((PROJECT_ROOT / "render.yaml").read_text())
+    (service,) = blueprint["services"]
+    procfile = (PROJECT_ROOT / "Procfile").read_text().split("web:", 1)[1].strip()
+    assert shlex.split(service["startCommand"]) == shlex.split(procfile)
+    assert service["plan"] == "free"
+    assert "requirements-render.txt" in service["buildCommand"]
+    env = {item["key"]: str(item["value"]) for item in service["envVars"]}
+    assert env["AGE_RUNTIME"] == "onnx"
+    assert env["WEB_CONCURRENCY"] == "1"
+    assert service["healthCheckPath"] == "/healthz"
+
+
+def test_committed_twin_matches_the_committed_learner() -> None:
+    settings = Settings()
+    if not settings.lean_model_path.exists():
+        pytest.skip("no model/export.onnx committed yet")
+    predictor = OnnxPredictor(settings.lean_model_path, settings.model_dir)  # raises if stale
+    assert predictor.predict([Image.new("RGB", (200, 200))]).shape == (1, 7)
+
+
+# --- the benchmark's own parts ----------------------------------------------------------------
+
+
+def test_composed_photo_is_about_a_megapixel() -> None:
+    faces = [Image.fromarray(a) for a in synthetic_faces(5, 200, seed=2)]
+    data = compose_photo(faces, np.random.default_rng(0))
+    with Image.open(io.BytesIO(data)) as photo:
+        assert photo.format == "JPEG"
+        assert 0.9e6 <= photo.width * photo.height <= 1.2e6
+
+
+def test_bench_starts_the_procfile_command_on_loopback() -> None:
+    command = procfile_command(8123)
+    assert Path(command[0]).name == "gunicorn"
+    assert "127.0.0.1:8123" in command and not any("0.0.0.0" in w for w in command)
+
+
+def test_bench_measures_memory_and_percentiles() -> None:
+    memory = memory_mb(os.getpid())
+    assert memory["processes"] >= 1 and memory["peak_mb"] >= memory["rss_mb"] > 10
+    assert percentile([10, 20, 30, 40], 50) == 25
+
+
+@pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
+def test_bench_runs_end_to_end_without_errors(lean_dir, tmp_path) -> None:
+    from agegroup.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(lean_dir / "export.pkl"), "--requests", "2", "--total", "6"]
+    argv += ["--throughput-requests", "1", "--variants", "2", "--forward-repeats", "1"]
+    assert bench(argv + ["--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["errors"] == 0 and result["predictions"] >= 6
+    assert result["memory_after"]["processes"] >= 2  # gunicorn's master and its worker
