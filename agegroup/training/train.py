@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     weights.add_argument(
         "--no-pretrained", action="store_true", help="train from scratch (default)"
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from the weights of an exported learner (e.g. a larger"
+        " resolution after a smaller one: progressive resizing)",
+    )
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
@@ -232,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
         label_smoothing=args.label_smoothing,
         bf16=not args.no_bf16,
     )
+    if args.init is not None:
+        from fastai.learner import load_learner
+
+        source = load_learner(args.init, cpu=True)
+        learn.model.load_state_dict(source.model.float().state_dict())
+        print(f"initialised from {args.init}")
     args.run_dir.mkdir(parents=True, exist_ok=True)
     learn.path = args.run_dir
     learn.model_dir = "."
