@@ -1,22 +1,34 @@
 """Decode and validate an uploaded photo: bytes in, an upright RGB image out.
 
 Every check that can be made from the header (type, pixel count) is made before a single
-pixel is decoded, so a small file that claims a huge image costs nothing.
+pixel is decoded, so a small file that claims a huge image costs nothing. Only the decoders of
+the accepted formats are ever tried, which keeps Pillow's many other parsers (TIFF, EPS, PSD,
+...) away from uploads.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from agegroup.errors import CorruptImage, NoImage, UnsupportedImage, UploadTooLarge
 
-# Raster formats a browser can upload as a photo. Anything else (SVG, PDF, HTML, ...) is 415.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# Raster formats a browser can upload as a photo (MPO: the JPEG variant some cameras write).
+# Anything else (TIFF, SVG, PDF, HTML, ...) is 415.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
+# The decoders Pillow may try, in order; the JPEG decoder also recognises MPO files.
+_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+_UNSUPPORTED = "This file type is not supported. Please upload a JPEG, PNG, WebP or GIF photo."
+
+# Decoded pixels above this many bytes count as a big decode; only one runs at a time per
+# process, so a few concurrent 50-megapixel PNGs cannot add up past a 512 MB memory budget.
+BIG_DECODE_BYTES = 64 * 1024 * 1024
+_big_decode = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -36,15 +48,11 @@ class DecodedImage:
 
 def _open(data: bytes) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+    except Image.DecompressionBombError as exc:
         raise UploadTooLarge("The image has too many pixels to process.") from exc
     except UnidentifiedImageError as exc:
-        raise UnsupportedImage(
-            "This file is not an image we can read. Please upload a JPEG, PNG, WebP or GIF photo."
-        ) from exc
+        raise UnsupportedImage(_UNSUPPORTED) from exc
     except Exception as exc:  # Pillow raises many kinds of errors on crafted headers.
         raise CorruptImage("The image file is damaged and cannot be read.") from exc
 
@@ -65,12 +73,60 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag; a damaged EXIF block leaves the image as it is."""
+# EXIF orientation -> the transpose that shows the photo upright (5 to 8 swap width and height).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag; a missing or damaged EXIF block counts as upright (1)."""
     try:
-        return ImageOps.exif_transpose(image)
+        value = image.getexif().get(0x0112, 1)
+        return int(value) if int(value) in _ORIENTATIONS else 1
     except Exception:
+        return 1
+
+
+def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    ratio = longest / max(size)
+    return max(1, round(size[0] * ratio)), max(1, round(size[1] * ratio))
+
+
+def _shrunk(image: Image.Image, work_size: int) -> Image.Image:
+    """Shrink so the longest side is ``work_size``, before any mode conversion copies pixels.
+
+    Pillow premultiplies alpha on a full-size copy before a smooth resize, so a huge image
+    with alpha is first sampled down to twice the work size, which copies nothing big.
+    """
+    if max(image.size) <= work_size:
         return image
+    if image.mode in ("RGBA", "LA") and max(image.size) > 2 * work_size:
+        image = image.resize(_fit(image.size, 2 * work_size), Image.Resampling.NEAREST)
+    return image.resize(_fit(image.size, work_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """Memory the decoded pixels will take (after any JPEG draft reduction)."""
+    width, height = image.size
+    depth = 4 if image.mode in ("I", "F") else 2 if "16" in image.mode else 1
+    return width * height * max(1, len(image.getbands())) * depth
+
+
+def _pixels(image: Image.Image, work_size: int) -> Image.Image:
+    """Decode, shrink, turn upright and convert, in the order that copies the fewest pixels."""
+    orientation = _orientation(image)
+    image.load()
+    small = _shrunk(image, work_size)
+    if orientation in _ORIENTATIONS:
+        small = small.transpose(_ORIENTATIONS[orientation])
+    return _to_rgb(small)
 
 
 def decode_upload(data: bytes, max_pixels: int, work_size: int) -> DecodedImage:
@@ -83,9 +139,7 @@ def decode_upload(data: bytes, max_pixels: int, work_size: int) -> DecodedImage:
         raise NoImage("The uploaded file is empty.")
     image = _open(data)
     if image.format not in ALLOWED_FORMATS:
-        raise UnsupportedImage(
-            "This file type is not supported. Please upload a JPEG, PNG, WebP or GIF photo."
-        )
+        raise UnsupportedImage(_UNSUPPORTED)
     width, height = image.size
     if width < 1 or height < 1:
         raise CorruptImage("The image has no pixels.")
@@ -98,14 +152,13 @@ def decode_upload(data: bytes, max_pixels: int, work_size: int) -> DecodedImage:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: big phone photos load fast.
         if image.format in ("JPEG", "MPO"):
             image.draft("RGB", (work_size, work_size))
-        image.load()
-        upright = _upright(image)
-        rgb = _to_rgb(upright)
+        if _decoded_bytes(image) > BIG_DECODE_BYTES:
+            with _big_decode:
+                rgb = _pixels(image, work_size)
+        else:
+            rgb = _pixels(image, work_size)
     except Exception as exc:
         raise CorruptImage("The image file is damaged or truncated and cannot be read.") from exc
-    if upright.size != image.size:  # rotated by 90 or 270 degrees
+    if _orientation(image) >= 5:  # stored sideways: rotated by 90 or 270 degrees
         width, height = height, width
-    if max(rgb.size) > work_size:
-        rgb = rgb.copy()
-        rgb.thumbnail((work_size, work_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return DecodedImage(image=rgb, width=width, height=height, format=image.format or "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from PIL import Image
 from agegroup.errors import ModelUnavailable
 from agegroup.predictor import ModelInfo, check_model_path, check_vocab, softmax
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -81,8 +84,9 @@ class OnnxPredictor:
             vocab = json.loads(meta["vocab"])
             input_size = int(meta["input_size"])
         except Exception as exc:
+            log.error("loading %s failed: %r", path, exc)
             raise ModelUnavailable(
-                f"The model file {path.name} could not be loaded: {exc}"
+                f"The model file {path.name} could not be loaded (see the server log)."
             ) from exc
         check_vocab(vocab)
         _check_source(resolved, meta)

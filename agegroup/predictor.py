@@ -10,6 +10,7 @@ One small interface with two implementations of the same exported learner:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from PIL import Image
 from agegroup.buckets import BUCKETS
 from agegroup.errors import ModelUnavailable
 from agegroup.preprocess import to_model_input
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,13 @@ def check_model_path(path: Path, model_dir: Path) -> Path:
     resolved = path.resolve()
     folder = model_dir.resolve()
     if not resolved.is_relative_to(folder):
-        raise ModelUnavailable(f"Refusing to load a model outside {folder}.")
+        raise ModelUnavailable(
+            "Refusing to load a model from outside the configured model folder (AGE_MODEL_DIR)."
+        )
     if not resolved.is_file():
         raise ModelUnavailable(
             "No model is installed yet. Train one with `python -m agegroup.training.train` "
-            f"(see README.md) so that {path} exists."
+            f"(see README.md) so that {path.name} exists in the model folder."
         )
     return resolved
 
@@ -93,8 +98,9 @@ class FastaiPredictor:
         try:
             learn = load_learner(resolved, cpu=True)
         except Exception as exc:
+            log.error("loading %s failed: %r", path, exc)
             raise ModelUnavailable(
-                f"The model file {path.name} could not be loaded: {exc}"
+                f"The model file {path.name} could not be loaded (see the server log)."
             ) from exc
         if not hasattr(learn, "dls") or not hasattr(learn, "model"):
             raise ModelUnavailable(f"The model file {path.name} is not a fastai learner.")

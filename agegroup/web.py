@@ -1,4 +1,4 @@
-"""HTTP layer: routes for the browser and the JSON API, and the one place errors become responses."""
+"""HTTP layer: browser and JSON routes, and the one place errors become responses."""
 
 from __future__ import annotations
 

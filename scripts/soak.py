@@ -1,0 +1,411 @@
+"""Soak the real gunicorn server: concurrent clients, valid photos mixed with bad files.
+
+One command (a tiny learner is exported when no model is given or installed):
+
+    .venv/bin/python scripts/soak.py --requests 1000 --clients 4 [--model model/export.pkl]
+
+It checks what a public upload form needs: no 5xx, no dropped connection, every valid photo
+answered with the same probabilities as when sent alone (no cross-talk between concurrent
+requests), and worker memory flat after warm-up. Prints a JSON report (``--out`` saves it);
+the exit status is 1 when a check fails. tests/test_soak.py runs a short form in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BOUNDARY = "soak-boundary-5b2d9"
+UTKFACE_DIRS = [
+    PROJECT_ROOT.parent / "shared" / "data" / "utkface" / "UTKFace",
+    Path("/work/shared/data/utkface/UTKFace"),
+]
+
+
+# --- the server ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class GunicornServer:
+    """The app under gunicorn.conf.py on a loopback port, as in production."""
+
+    def __init__(self, model_path: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "AGE_MODEL_PATH": str(model_path),
+            "AGE_MODEL_DIR": str(model_path.parent),
+            "PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_s: float = 180.0) -> GunicornServer:
+        command = [sys.executable, "-m", "gunicorn", "app:app", "--config", "gunicorn.conf.py"]
+        command += ["--bind", f"127.0.0.1:{self.port}"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.wait_until_serving(wait_s)
+        return self
+
+    def wait_until_serving(self, wait_s: float) -> int:
+        """Wait until /healthz answers (200 or 503); returns its status."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early; see {self.log_path}")
+            try:
+                status, _, _ = self.request("GET", "/healthz", timeout=5)
+                return status
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"gunicorn did not answer within {wait_s:.0f} s; see {self.log_path}")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 60
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"} if body else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes: children of the gunicorn master."""
+        assert self.process is not None
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                pids.append(int(entry.name))
+        return sorted(pids)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, from /proc (no extra package needed)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- what the clients send ---------------------------------------------------------------------
+def multipart(data: bytes, filename: str = "photo.jpg") -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def valid_photos(count: int, seed: int = 0) -> list[bytes]:
+    """UTKFace photos when the data set is beside the clone, else synthetic faces."""
+    for folder in UTKFACE_DIRS:
+        if folder.is_dir():
+            names = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[:5000]
+            chosen = random.Random(seed).sample(names, min(count, len(names)))
+            return [p.read_bytes() for p in chosen]
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+        pixels[40:120, 40:120] = (i * 53) % 256
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def bad_files(photos: list[bytes], seed: int = 0) -> list[tuple[bytes, set[int]]]:
+    """Broken and hostile uploads with the statuses each may get."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 256))
+        + chunk(b"IEND", b"")
+    )
+    fixed = [
+        (b"", {400}),
+        (b"<!doctype html><script>alert(1)</script>", {415}),
+        (b"%PDF-1.4\n%%EOF\n", {415}),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", {415}),
+        (bomb, {413}),
+    ]
+    rng = random.Random(seed)
+    mutated = []
+    for photo in photos[:40]:
+        cut = photo[: rng.randrange(10, max(11, len(photo) // 2))]
+        flipped = bytearray(photo)
+        for _ in range(8):
+            flipped[rng.randrange(len(flipped))] ^= 0xFF
+        mutated += [(cut, {415, 422}), (bytes(flipped), {200, 415, 422})]
+    return fixed + mutated
+
+
+# --- the soak ----------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    statuses: Counter = field(default_factory=Counter)
+    dropped: int = 0
+    unexpected: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    max_diff: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def probabilities(body: bytes) -> list[list[float]]:
+    faces = json.loads(body)["faces"]
+    return [[face["probabilities"][k] for k in sorted(face["probabilities"])] for face in faces]
+
+
+def run_soak(
+    server: GunicornServer,
+    requests: int = 1000,
+    clients: int = 4,
+    photo_count: int = 40,
+    seed: int = 0,
+    tolerance: float = 1e-6,
+) -> dict:
+    """Send ``requests`` uploads from ``clients`` threads over keep-alive connections."""
+    photos = valid_photos(photo_count, seed)
+    bad = bad_files(photos, seed)
+    # What each photo gets when it is the only request in flight.
+    alone = []
+    for photo in photos:
+        status, _, body = server.request("POST", "/api/predict", multipart(photo))
+        if status != 200:
+            raise RuntimeError(f"a valid photo got {status} when sent alone: {body[:200]!r}")
+        alone.append(probabilities(body))
+
+    rng = random.Random(seed)
+    plan = [
+        ("photo", rng.randrange(len(photos)))
+        if rng.random() < 0.7
+        else ("bad", rng.randrange(len(bad)))
+        for _ in range(requests)
+    ]
+    tally = Tally()
+    worker = server.worker_pids()[0]
+    memory: list[tuple[int, float]] = [(0, rss_mb(worker))]
+    done = [0]
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        for n in range(index, requests, clients):
+            kind, which = plan[n]
+            data = photos[which] if kind == "photo" else bad[which][0]
+            try:
+                conn.request(
+                    "POST",
+                    "/api/predict",
+                    body=multipart(data),
+                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                )
+                response = conn.getresponse()
+                body = response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                with tally.lock:
+                    tally.dropped += 1
+                    tally.unexpected.append(f"request {n}: {type(exc).__name__}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+                continue
+            with tally.lock:
+                tally.statuses[status] += 1
+                expected = {200} if kind == "photo" else bad[which][1]
+                if status not in expected:
+                    tally.unexpected.append(f"request {n} ({kind} {which}): {status}")
+                if kind == "photo" and status == 200:
+                    got, want = probabilities(body), alone[which]
+                    diff = max(
+                        (abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)),
+                        default=1.0 if len(got) != len(want) else 0.0,
+                    )
+                    tally.max_diff = max(tally.max_diff, diff)
+                    if len(got) != len(want) or diff > tolerance:
+                        tally.mismatches.append(f"request {n}: photo {which} differs by {diff:.2e}")
+                done[0] += 1
+        conn.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    step = max(1, requests // 20)
+    next_sample = step
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.1)
+        if done[0] >= next_sample:
+            memory.append((done[0], rss_mb(worker)))
+            next_sample += step
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    memory.append((done[0], rss_mb(worker)))
+
+    warm = next((mb for n, mb in memory if n >= requests // 5), memory[-1][1])
+    report = {
+        "requests": requests,
+        "clients": clients,
+        "photos": len(photos),
+        "bad_files": len(bad),
+        "seconds": round(elapsed, 1),
+        "requests_per_s": round(requests / elapsed, 1),
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "server_errors": sum(v for k, v in tally.statuses.items() if k >= 500),
+        "dropped_connections": tally.dropped,
+        "unexpected": tally.unexpected[:20],
+        "cross_talk_mismatches": len(tally.mismatches),
+        "max_probability_difference": tally.max_diff,
+        "memory_mb": {
+            "start": round(memory[0][1], 1),
+            "after_warmup": round(warm, 1),
+            "end": round(memory[-1][1], 1),
+            "growth_after_warmup": round(memory[-1][1] - warm, 1),
+            "curve": [[n, round(mb, 1)] for n, mb in memory],
+        },
+        "worker_pid_unchanged": server.worker_pids() == [worker],
+    }
+    return report
+
+
+def failures(report: dict, max_growth_mb: float = 25.0) -> list[str]:
+    """The checks a soak must pass; empty when all hold."""
+    problems = []
+    if report["server_errors"]:
+        problems.append(f"{report['server_errors']} server errors")
+    if report["dropped_connections"]:
+        problems.append(f"{report['dropped_connections']} dropped connections")
+    if report["unexpected"]:
+        problems.append(f"unexpected answers: {report['unexpected'][:5]}")
+    if report["cross_talk_mismatches"]:
+        problems.append(
+            f"{report['cross_talk_mismatches']} answers differ from the same photo alone"
+        )
+    if report["memory_mb"]["growth_after_warmup"] > max_growth_mb:
+        problems.append(
+            f"memory grew {report['memory_mb']['growth_after_warmup']} MB after warm-up"
+        )
+    if not report["worker_pid_unchanged"]:
+        problems.append("the worker was restarted during the soak")
+    return problems
+
+
+# The tiny learner's pickle names its architecture function in tests/conftest.py.
+TINY_MODEL_PATH = str(PROJECT_ROOT / "tests")
+
+
+def tiny_model(folder: Path) -> Path:
+    """Export the test suite's tiny learner (seconds) when no trained model is at hand."""
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from conftest import export_tiny_learner
+
+    return export_tiny_learner(folder / "export.pkl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--photos", type=int, default=40)
+    parser.add_argument("--model", type=Path, help="default: model/export.pkl, else a tiny one")
+    parser.add_argument("--tiny", action="store_true", help="use the tiny test learner")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--max-growth-mb", type=float, default=25.0)
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
+        model = args.model or PROJECT_ROOT / "model" / "export.pkl"
+        if args.tiny:
+            model = Path(scratch) / "missing.pkl"
+        env = {"GUNICORN_THREADS": str(args.threads), "WEB_CONCURRENCY": "1"}
+        if not model.is_file():
+            print(f"{model} not found: exporting the tiny test learner", file=sys.stderr)
+            model = tiny_model(Path(scratch))
+            env["PYTHONPATH"] = TINY_MODEL_PATH
+            label = "tiny test learner"
+        else:
+            label = str(model)
+        log = Path(scratch) / "gunicorn.log"
+        with GunicornServer(model.resolve(), log, env) as server:
+            report = run_soak(server, args.requests, args.clients, args.photos)
+        report["model"] = label
+        report["server_log_errors"] = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if "Traceback" in line or "ERROR" in line or "[CRITICAL]" in line
+        ][:20]
+    problems = failures(report, args.max_growth_mb)
+    report["failures"] = problems
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
