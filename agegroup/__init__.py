@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         except ModelUnavailable as exc:
             load_error = exc.message
             log.error("no model loaded: %s", exc.message)
+    if predictor is not None:
+        from agegroup.faces import get_detector
+
+        get_detector()  # load the face detector now, not on the first request
     app.extensions["agegroup"] = AppState(settings, predictor, load_error)
     app.register_blueprint(bp)
 

@@ -9,16 +9,32 @@ from typing import Any
 import numpy as np
 
 from agegroup.buckets import BUCKETS
+from agegroup.faces import (
+    MAX_FACES,
+    MIN_FACE_PX,
+    FaceDetector,
+    crop_face,
+    get_detector,
+    select_faces,
+)
 from agegroup.images import DecodedImage
 from agegroup.predictor import ModelInfo, Predictor
+
+NO_FACE_WARNING = "No face was found in this photo, so the result is for the whole photo."
 
 
 @dataclass(frozen=True)
 class FaceResult:
-    """The prediction for one face; ``box`` is ``[x, y, w, h]`` in original pixels or ``None``."""
+    """The prediction for one face; ``box`` is ``[x, y, w, h]`` in original pixels or ``None``.
+
+    ``face_found`` is false for the whole-photo fallback; ``low_resolution`` marks a face too
+    small for the model to judge well.
+    """
 
     probabilities: tuple[float, ...]
     box: tuple[int, int, int, int] | None = None
+    face_found: bool = False
+    low_resolution: bool = False
 
     @property
     def bucket_index(self) -> int:
@@ -35,9 +51,13 @@ class FaceResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "box": list(self.box) if self.box is not None else None,
+            "face_found": self.face_found,
+            "low_resolution": self.low_resolution,
             "bucket": self.bucket,
             "confidence": round(self.confidence, 6),
-            "probabilities": {b: float(p) for b, p in zip(BUCKETS, self.probabilities)},
+            "probabilities": {
+                b: float(p) for b, p in zip(BUCKETS, self.probabilities, strict=True)
+            },
         }
 
 
@@ -49,11 +69,16 @@ class Analysis:
     elapsed_ms: float
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def face_found(self) -> bool:
+        return any(face.face_found for face in self.faces)
+
     def to_json(self, model: ModelInfo) -> dict[str, Any]:
         return {
             "model": {"name": model.name, "version": model.version},
             "image": {"width": self.width, "height": self.height},
             "faces": [face.to_json() for face in self.faces],
+            "warnings": list(self.warnings),
             "elapsed_ms": round(self.elapsed_ms, 1),
         }
 
@@ -64,13 +89,50 @@ def _normalised(row: np.ndarray) -> tuple[float, ...]:
     return tuple(float(p) for p in row / row.sum())
 
 
-def analyze(decoded: DecodedImage, predictor: Predictor, started: float | None = None) -> Analysis:
-    """Predict the age group of the photo (the whole image until face detection exists).
+def _warnings(found: int, kept: list[FaceResult]) -> list[str]:
+    messages = []
+    if found > len(kept):
+        messages.append(
+            f"{found} faces were found; only the {len(kept)} largest are shown (at most "
+            f"{MAX_FACES})."
+        )
+    small = [str(i) for i, face in enumerate(kept, start=1) if face.low_resolution]
+    if small:
+        which = "Face " + small[0] if len(small) == 1 else "Faces " + ", ".join(small)
+        messages.append(f"{which}: smaller than {MIN_FACE_PX} pixels, too small to judge reliably.")
+    return messages
 
-    ``started`` is a ``time.perf_counter()`` value, so the reported time can include decoding.
+
+def analyze(
+    decoded: DecodedImage,
+    predictor: Predictor,
+    started: float | None = None,
+    detector: FaceDetector | None = None,
+) -> Analysis:
+    """Find the faces, crop each like the training data, and predict them in one batch.
+
+    Without a face, the whole photo is predicted (as before detection existed) and a warning
+    says so. ``started`` is a ``time.perf_counter()`` value, so the reported time can include
+    decoding; ``detector`` defaults to the process-wide one.
     """
     started = time.perf_counter() if started is None else started
-    probabilities = predictor.predict([decoded.image])
-    faces = [FaceResult(probabilities=_normalised(probabilities[0]), box=None)]
+    image = decoded.image
+    boxes = (detector or get_detector()).detect(image)
+    chosen = select_faces(boxes)
+    if not chosen:
+        probabilities = predictor.predict([image])
+        faces = [FaceResult(probabilities=_normalised(probabilities[0]))]
+        elapsed = (time.perf_counter() - started) * 1000
+        return Analysis(decoded.width, decoded.height, faces, elapsed, [NO_FACE_WARNING])
+    probabilities = predictor.predict([crop_face(image, box) for box in chosen])
+    faces = [
+        FaceResult(
+            probabilities=_normalised(row),
+            box=box.clipped(image.width, image.height).scaled(decoded.scale),
+            face_found=True,
+            low_resolution=box.low_resolution,
+        )
+        for box, row in zip(chosen, probabilities, strict=True)
+    ]
     elapsed = (time.perf_counter() - started) * 1000
-    return Analysis(decoded.width, decoded.height, faces, elapsed)
+    return Analysis(decoded.width, decoded.height, faces, elapsed, _warnings(len(boxes), faces))

@@ -121,8 +121,10 @@ def _decoded_bytes(image: Image.Image) -> int:
 
 def _pixels(image: Image.Image, work_size: int) -> Image.Image:
     """Decode, shrink, turn upright and convert, in the order that copies the fewest pixels."""
-    orientation = _orientation(image)
+    # Load first: PNG's getexif() loads the image itself, and a second load() after a
+    # failed one would silently return the half-decoded pixels.
     image.load()
+    orientation = _orientation(image)
     small = _shrunk(image, work_size)
     if orientation in _ORIENTATIONS:
         small = small.transpose(_ORIENTATIONS[orientation])

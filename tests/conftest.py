@@ -49,7 +49,10 @@ def export_tiny_learner(path: Path, vocab_ok: bool = True) -> Path:
         images, buckets, valid_idx=[0, 1], size=TINY_SIZE, batch_size=8, arch=tiny_cnn, bf16=False
     )
     if not vocab_ok:
-        learn.dls.vocab = list(reversed(BUCKETS))
+        from fastai.data.transforms import CategoryMap
+
+        categorize = learn.dls.train_ds.tls[1].tfms.fs[-1]
+        categorize.vocab = CategoryMap(list(reversed(BUCKETS)), sort=False)
     learn.fit(1, 1e-3)
     return export_learner(learn, path, name="tiny-test-model", version="0.0.1")
 

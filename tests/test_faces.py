@@ -1,0 +1,242 @@
+"""Face detection and UTKFace-style crops on real photos, end to end through the app."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegroup.analysis import NO_FACE_WARNING
+from agegroup.faces import (
+    CROP_SIZE,
+    MAX_FACES,
+    FaceBox,
+    crop_face,
+    crop_region,
+    get_detector,
+    select_faces,
+)
+from agegroup.images import decode_upload
+from tests.conftest import image_bytes
+
+UTKFACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface" / "UTKFace"
+# Grace Hopper's face in matplotlib's public-domain sample photo (512 x 600), marked by hand:
+# from the hairline to the chin, ear to ear.
+GRACE_FACE = (165, 120, 205, 215)
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def as_xywh(box: FaceBox) -> tuple[int, int, int, int]:
+    return (box.x, box.y, box.w, box.h)
+
+
+def background(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour clutter, no faces."""
+    coarse = np.random.default_rng(seed).integers(0, 255, (height // 20, width // 20, 3), np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def grace() -> Image.Image:
+    cbook = pytest.importorskip("matplotlib.cbook")
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def utk_like(grace: Image.Image) -> Image.Image:
+    """Grace Hopper's face cropped like a UTKFace image (200 x 200, aligned framing)."""
+    [box] = get_detector().detect(grace)
+    return crop_face(grace, box)
+
+
+def pasted_face_box(x: int, y: int, side: int) -> tuple[float, float, float, float]:
+    """Where the detector's box should be on a UTKFace-like crop pasted at ``(x, y, side)``."""
+    margin = 0.05 * side
+    return (x + margin, y + margin, 0.9 * side, 0.9 * side)
+
+
+# Five faces of different sizes, some mirrored, at known places on a 1200 x 800 photo.
+GROUP = [(60, 420, 150, False), (300, 80, 120, True), (520, 380, 180, False),
+         (800, 120, 100, True), (960, 450, 160, False)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def group_photo(utk_like: Image.Image) -> Image.Image:
+    photo = background(1200, 800, seed=1)
+    for x, y, side, mirror in GROUP:
+        face = utk_like.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else utk_like
+        photo.paste(face.resize((side, side), Image.Resampling.BILINEAR), (x, y))
+    return photo
+
+
+def test_finds_grace_hoppers_face(grace: Image.Image) -> None:
+    boxes = get_detector().detect(grace)
+    assert len(boxes) == 1
+    assert iou(as_xywh(boxes[0]), GRACE_FACE) > 0.6
+
+
+def test_finds_every_face_of_a_group_photo(group_photo: Image.Image) -> None:
+    boxes = select_faces(get_detector().detect(group_photo))
+    assert len(boxes) == len(GROUP)
+    for box, (x, y, side, _) in zip(boxes, GROUP, strict=True):  # both left to right
+        assert iou(as_xywh(box), pasted_face_box(x, y, side)) > 0.5
+
+
+def test_photo_without_a_face_has_no_box() -> None:
+    assert get_detector().detect(background(640, 480, seed=7)) == []
+
+
+def assert_same_framing(box: FaceBox, pasted: tuple[int, int, int]) -> None:
+    """The crop around ``box`` is the pasted square, up to one step of the detector's pyramid.
+
+    HOG boxes come in size steps of 6/5, so a crop may be up to about 10% larger or smaller.
+    """
+    x, y, side = pasted
+    left, top, right, bottom = crop_region(box)
+    assert 0.8 * side <= right - left <= 1.25 * side
+    assert abs((left + right) / 2 - (x + side / 2)) <= 0.1 * side
+    assert abs((top + bottom) / 2 - (y + side / 2)) <= 0.1 * side
+    assert iou((left, top, right - left, bottom - top), (x, y, side, side)) > 0.65
+
+
+@pytest.mark.parametrize("side", [70, 160])
+def test_crop_of_a_pasted_utkface_like_image_gives_it_back(utk_like: Image.Image, side) -> None:
+    photo = background(640, 480, seed=2)
+    photo.paste(utk_like.resize((side, side), Image.Resampling.BILINEAR), (220, 150))
+    [box] = get_detector().detect(photo)
+    assert_same_framing(box, (220, 150, side))
+    assert crop_face(photo, box).size == (CROP_SIZE, CROP_SIZE)
+
+
+def test_crop_of_pasted_utkface_images_matches_the_original() -> None:
+    if not UTKFACE_DIR.is_dir():
+        pytest.skip("UTKFace is not available beside the checkout")
+    names = sorted(p.name for p in UTKFACE_DIR.iterdir() if p.name.endswith(".jpg"))[::997][:12]
+    found = 0
+    for i, name in enumerate(names):
+        with Image.open(UTKFACE_DIR / name) as face:
+            photo = background(600, 450, seed=i)
+            photo.paste(face.convert("RGB").resize((150, 150)), (200, 140))
+        boxes = get_detector().detect(photo)
+        if not boxes:
+            continue
+        found += 1
+        assert_same_framing(boxes[0], (200, 140, 150))
+    assert found >= len(names) - 2
+
+
+def test_crop_region_is_the_box_grown_to_utkface_framing() -> None:
+    assert crop_region(FaceBox(100, 100, 90, 90)) == pytest.approx((95, 95, 195, 195))
+
+
+def test_crop_past_the_edge_is_filled_black(utk_like: Image.Image) -> None:
+    crop = np.asarray(crop_face(utk_like, FaceBox(-60, -60, 120, 120)))
+    assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
+    assert crop[:40, :40].max() == 0 and crop[150:, 150:].mean() > 20
+
+
+def test_select_faces_keeps_the_largest_left_to_right() -> None:
+    boxes = [FaceBox(x=1000 - 30 * i, y=i, w=10 + i, h=10 + i) for i in range(25)]
+    chosen = select_faces(boxes)
+    assert len(chosen) == MAX_FACES
+    assert {b.w for b in chosen} == set(range(15, 35))
+    assert [b.x for b in chosen] == sorted(b.x for b in chosen)
+
+
+def post(client, photo: Image.Image, path: str = "/api/predict", **save_args):
+    data = {
+        "image": (io.BytesIO(image_bytes(photo, "JPEG", **({"quality": 90} | save_args))), "p.jpg")
+    }
+    response = client.post(path, data=data, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return response
+
+
+def test_api_lists_every_face_left_to_right(client, group_photo: Image.Image) -> None:
+    body = post(client, group_photo).get_json()
+    assert body["warnings"] == []
+    assert len(body["faces"]) == len(GROUP)
+    for face, (x, y, side, _) in zip(body["faces"], GROUP, strict=True):
+        assert face["face_found"] is True and face["low_resolution"] is False
+        assert iou(face["box"], pasted_face_box(x, y, side)) > 0.5
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_page_draws_a_numbered_box_and_bars_per_face(client, group_photo: Image.Image) -> None:
+    html = post(client, group_photo, "/predict").get_data(as_text=True)
+    assert 'id="face-boxes"' in html and "faces.css" in html
+    assert html.count('class="face-box"') == len(GROUP)
+    assert html.count('<li class="bar') == 7 * len(GROUP)
+    assert f'id="predicted-bucket-{len(GROUP)}"' in html
+    assert not re.search(r"\sstyle=", html)  # the CSP allows no inline styles
+
+
+def test_no_face_falls_back_to_the_whole_photo(client) -> None:
+    response = post(client, background(640, 480, seed=7))
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["warnings"] == [NO_FACE_WARNING]
+    [face] = body["faces"]
+    assert face["face_found"] is False and face["box"] is None
+    html = post(client, background(640, 480, seed=7), "/predict").get_data(as_text=True)
+    assert "No face was found" in html and "Whole photo" in html
+    assert 'id="face-boxes"' not in html
+
+
+def test_rotated_phone_photo_boxes_are_in_upright_pixels(client, grace: Image.Image) -> None:
+    # Stored sideways with EXIF orientation 6 ("rotate 90 degrees clockwise to view").
+    sideways = grace.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    body = post(client, sideways, exif=exif).get_json()
+    assert body["image"] == {"width": 512, "height": 600}
+    [face] = body["faces"]
+    assert iou(face["box"], GRACE_FACE) > 0.6
+
+
+def test_boxes_are_in_original_pixels_when_the_photo_is_shrunk(grace: Image.Image) -> None:
+    from agegroup.analysis import analyze
+
+    class Uniform:  # the predictor is not under test here: boxes are
+        def predict(self, faces):
+            return np.full((len(faces), 7), 1 / 7)
+
+    decoded = decode_upload(image_bytes(grace), max_pixels=10**8, work_size=300)
+    assert decoded.scale == pytest.approx(2.0, rel=0.01)
+    [face] = analyze(decoded, Uniform()).faces
+    assert iou(face.box, GRACE_FACE) > 0.6
+
+
+def test_tiny_face_is_reported_as_low_resolution(client, utk_like: Image.Image) -> None:
+    photo = background(240, 180, seed=3)
+    photo.paste(utk_like.resize((28, 28), Image.Resampling.BILINEAR), (100, 70))
+    body = post(client, photo, quality=95).get_json()
+    [face] = body["faces"]
+    assert face["face_found"] is True and face["low_resolution"] is True
+    assert min(face["box"][2:]) < 32
+    assert any("too small" in w for w in body["warnings"])
+
+
+def test_more_than_twenty_faces_keeps_the_twenty_largest(client, utk_like: Image.Image) -> None:
+    photo = background(1600, 1000, seed=4)
+    sides = [130 + 2 * i for i in range(24)]
+    for i, side in enumerate(sides):
+        photo.paste(utk_like.resize((side, side)), (30 + (i % 6) * 260, 30 + (i // 6) * 240))
+    body = post(client, photo).get_json()
+    assert len(body["faces"]) == MAX_FACES
+    assert "24 faces were found" in body["warnings"][0]
+    xs = [face["box"][0] for face in body["faces"]]
+    assert xs == sorted(xs)
+    assert min(face["box"][2] for face in body["faces"]) >= 0.9 * sides[4] - 4
