@@ -47,3 +47,46 @@ def test_the_image_cache_is_not_pickled_with_the_learner():
     assert restored.images is None
     image = Image.new("RGB", (8, 8))
     assert restored(image) is image  # at serving time items are images, passed through
+
+
+def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path):
+    import json
+
+    from agegroup.training.train import main
+
+    images = tmp_path / "utk" / "UTKFace"
+    images.mkdir(parents=True)
+    faces = synthetic_faces(60, 40)
+    for i, face in enumerate(faces):
+        Image.fromarray(face).save(
+            images / f"{(i * 7) % 90 + 1}_{i % 2}_{i % 5}_2017{i:09d}.jpg.chip.jpg"
+        )
+    run = tmp_path / "run"
+    common = [
+        "--data",
+        str(tmp_path / "utk"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--bs",
+        "16",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(tmp_path / "m.pkl"),
+    ]
+    main(common)
+    assert json.loads((run / "progress.json").read_text())["epochs_done"] == 2
+    assert list(load_learner(tmp_path / "m.pkl", cpu=True).dls.vocab) == list(BUCKETS)
+
+    # Pretend the run stopped after its first epoch: --resume runs only the second one.
+    (run / "progress.json").write_text(json.dumps({"epochs_done": 1}))
+    rows_before = (run / "history.csv").read_text().count("\n")
+    main([*common, "--resume"])
+    history = (run / "history.csv").read_text().splitlines()[rows_before:]
+    trained = [row for row in history if row[:2] in ("0,", "1,") and row.count(",") > 2]
+    assert [row.split(",")[0] for row in trained] == ["1"]
+    assert json.loads((run / "progress.json").read_text())["epochs_done"] == 2
