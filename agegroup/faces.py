@@ -105,7 +105,8 @@ class FaceDetector:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first."""
         factor = min(self._detect_side / max(image.size), MAX_UPSCALE)
         size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-        work = image.convert("RGB").resize(size, RESAMPLE, reducing_gap=2.0)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        work = rgb.resize(size, RESAMPLE, reducing_gap=2.0)
         with self._lock:
             rects, scores, _ = self._detector.run(np.asarray(work), 0, 0.0)
         boxes = [
@@ -149,5 +150,8 @@ def crop_face(image: Image.Image, box: FaceBox, size: int = CROP_SIZE) -> Image.
     faces near an edge.
     """
     left, top, right, bottom = (round(v) for v in crop_region(box))
-    square = image.convert("RGB").crop((left, top, right, bottom))
+    # Crop first: convert("RGB") copies even an RGB image, and the photo may be 1600 px wide.
+    square = image.crop((left, top, right, bottom))
+    if square.mode != "RGB":
+        square = square.convert("RGB")
     return square.resize((size, size), RESAMPLE, reducing_gap=3.0)

@@ -79,7 +79,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _model_version(path: Path) -> str:
-    """A short content-derived version: the file's modification date and size."""
+    """A fallback version for learners exported without one: file date and size."""
     stat = path.stat()
     return time.strftime("%Y%m%d", time.gmtime(stat.st_mtime)) + f"-{stat.st_size % 100000:05d}"
 
