@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from flask import Flask, Request
 
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import ModelUnavailable
 from agegroup.predictor import Predictor
+
+if TYPE_CHECKING:
+    from agegroup.faces import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,22 @@ def load_predictor(settings: Settings) -> Predictor:
     return FastaiPredictor(settings.model_path, settings.model_dir, settings.torch_threads)
 
 
+def load_detector(settings: Settings) -> FaceDetector:
+    """The face detector, with the landmark model that ``AGE_FACE_LANDMARKS`` names.
+
+    A landmark model that cannot be loaded is logged and faces are cropped by their boxes:
+    the app still answers, slightly less precisely framed.
+    """
+    from agegroup.faces import FaceDetector, landmark_model_path
+
+    path = landmark_model_path(settings.face_landmarks)
+    try:
+        return FaceDetector(landmarks=path)
+    except (OSError, RuntimeError) as exc:
+        log.error("face landmarks not loaded (%s); faces are cropped by their boxes", exc)
+        return FaceDetector()
+
+
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:
     """Build the app; the model is loaded here, once per process, unless one is given."""
     from agegroup.web import AppState, bp
@@ -68,11 +87,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         except ModelUnavailable as exc:
             load_error = exc.message
             log.error("no model loaded: %s", exc.message)
-    if predictor is not None:
-        from agegroup.faces import get_detector
-
-        get_detector()  # load the face detector now, not on the first request
-    app.extensions["agegroup"] = AppState(settings, predictor, load_error)
+    # The face detector is loaded now, not on the first request.
+    detector = load_detector(settings) if predictor is not None else None
+    app.extensions["agegroup"] = AppState(settings, predictor, load_error, detector)
     app.register_blueprint(bp)
 
     @app.after_request

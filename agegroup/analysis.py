@@ -18,7 +18,7 @@ from agegroup.faces import (
     select_faces,
 )
 from agegroup.images import DecodedImage
-from agegroup.predictor import ModelInfo, Predictor
+from agegroup.predictor import ModelInfo, Predictor, predict_flip_averaged
 
 NO_FACE_WARNING = "No face was found in this photo, so the result is for the whole photo."
 
@@ -111,6 +111,8 @@ def analyze(
 ) -> Analysis:
     """Find the faces, crop each like the training data, and predict them in one batch.
 
+    Each face is predicted as it is and mirrored, and the two are averaged.
+
     Without a face, the whole photo is predicted (as before detection existed) and a warning
     says so. ``started`` is a ``time.perf_counter()`` value, so the reported time can include
     decoding; ``detector`` defaults to the process-wide one.
@@ -120,11 +122,11 @@ def analyze(
     boxes = (detector or get_detector()).detect(image)
     chosen = select_faces(boxes)
     if not chosen:
-        probabilities = predictor.predict([image])
+        probabilities = predict_flip_averaged(predictor, [image])
         faces = [FaceResult(probabilities=_normalised(probabilities[0]))]
         elapsed = (time.perf_counter() - started) * 1000
         return Analysis(decoded.width, decoded.height, faces, elapsed, [NO_FACE_WARNING])
-    probabilities = predictor.predict([crop_face(image, box) for box in chosen])
+    probabilities = predict_flip_averaged(predictor, [crop_face(image, box) for box in chosen])
     faces = [
         FaceResult(
             probabilities=_normalised(row),

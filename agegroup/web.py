@@ -16,6 +16,7 @@ from agegroup.analysis import analyze
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
+from agegroup.faces import FaceDetector
 from agegroup.images import DecodedImage, decode_upload
 from agegroup.predictor import Predictor
 
@@ -32,6 +33,7 @@ class AppState:
     settings: Settings
     predictor: Predictor | None
     load_error: str | None = None
+    detector: FaceDetector | None = None
 
     def require_predictor(self) -> Predictor:
         if self.predictor is None:
@@ -99,7 +101,7 @@ def predict_page() -> str:
     state = _state()
     predictor = state.require_predictor()
     decoded = _decode(_read_upload())
-    result = analyze(decoded, predictor, started)
+    result = analyze(decoded, predictor, started, state.detector)
     return render_template(
         "result.html",
         result=result,
@@ -113,9 +115,10 @@ def predict_page() -> str:
 @bp.post("/api/predict")
 def predict_api() -> Response:
     started = time.perf_counter()
-    predictor = _state().require_predictor()
+    state = _state()
+    predictor = state.require_predictor()
     decoded = _decode(_read_upload())
-    return jsonify(analyze(decoded, predictor, started).to_json(predictor.info))
+    return jsonify(analyze(decoded, predictor, started, state.detector).to_json(predictor.info))
 
 
 @bp.get("/healthz")

@@ -6,7 +6,10 @@ several sizes into larger cluttered backgrounds, where the face's position is kn
 * detection recall and false positives per face size (``--compare`` adds OpenCV's Haar cascades);
 * per-photo latency p50/p95 with 1 and 5 faces (detect + crop, plus predict with a model);
 * peak memory of a process holding the detector, measured in a fresh subprocess;
-* with ``--model``: 7-bucket accuracy on the original crops vs. on the pasted photos.
+* with ``--model``: 7-bucket accuracy on the original crops vs. on the pasted photos, with the
+  faces aligned by their landmarks and (for comparison) cropped by their boxes only;
+* with ``--template N``: where dlib's 5 landmarks sit on N UTKFace training crops, on average
+  (``agegroup.faces.LANDMARK_TEMPLATE``).
 
 Run: ``python scripts/measure_faces.py --model runs/r50_64/export.pkl --out faces.json``
 """
@@ -28,8 +31,9 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agegroup.analysis import analyze  # noqa: E402
-from agegroup.faces import get_detector  # noqa: E402
+from agegroup.faces import FaceDetector, get_detector  # noqa: E402
 from agegroup.images import DecodedImage  # noqa: E402
+from agegroup.predictor import predict_flip_averaged  # noqa: E402
 from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples  # noqa: E402
 
 SCALES = (48, 80, 140, 240)
@@ -191,28 +195,53 @@ def measure_accuracy(samples, image_dir: Path, predictor) -> dict:
     originals = [Image.open(image_dir / s.name).convert("RGB") for s in samples]
     truth = np.array([s.bucket for s in samples])
     direct = np.concatenate(
-        [predictor.predict(originals[i : i + 64]).argmax(1) for i in range(0, len(originals), 64)]
+        [
+            predict_flip_averaged(predictor, originals[i : i + 64]).argmax(1)
+            for i in range(0, len(originals), 64)
+        ]
     )
+    report: dict = {"faces": len(samples), "accuracy_original_crops": acc(direct == truth)}
     sides = (80, 140, 240)
-    piped, found = [], []
-    for i, face in enumerate(originals):
-        photo, [place] = paste([face], [sides[i % len(sides)]], CANVAS, seed=5000 + i)
-        result = analyze(DecodedImage(photo, photo.width, photo.height, "JPEG"), predictor)
-        hit = [f for f in result.faces if f.box is not None and matches(f.box, place)]
-        found.append(bool(hit))
-        # Without a match the user sees the first entry (the whole-photo fallback or a wrong box).
-        piped.append((hit or result.faces)[0].bucket_index)
-    piped_arr, found_arr = np.array(piped), np.array(found)
-    report = {
-        "faces": len(samples),
-        "accuracy_original_crops": round(float((direct == truth).mean()), 4),
-        "accuracy_pipeline_pasted": round(float((piped_arr == truth).mean()), 4),
-        "detected": round(float(found_arr.mean()), 4),
-        "accuracy_original_on_detected": round(float((direct == truth)[found_arr].mean()), 4),
-        "accuracy_pipeline_on_detected": round(float((piped_arr == truth)[found_arr].mean()), 4),
-    }
+    detectors = {"landmarks": get_detector(), "boxes_only": FaceDetector(landmarks=None)}
+    for name, detector in detectors.items():
+        piped, found = [], []
+        for i, face in enumerate(originals):
+            photo, [place] = paste([face], [sides[i % len(sides)]], CANVAS, seed=5000 + i)
+            decoded = DecodedImage(photo, photo.width, photo.height, "JPEG")
+            result = analyze(decoded, predictor, detector=detector)
+            hit = [f for f in result.faces if f.box is not None and matches(f.box, place)]
+            found.append(bool(hit))
+            # Without a match the user sees the first entry (the whole-photo fallback or a
+            # wrong box).
+            piped.append((hit or result.faces)[0].bucket_index)
+        piped_arr, found_arr = np.array(piped), np.array(found)
+        report[name] = {
+            "accuracy_pipeline_pasted": acc(piped_arr == truth),
+            "detected": acc(found_arr),
+            "accuracy_original_on_detected": acc((direct == truth)[found_arr]),
+            "accuracy_pipeline_on_detected": acc((piped_arr == truth)[found_arr]),
+        }
     print("accuracy", report, flush=True)
     return report
+
+
+def acc(hits: np.ndarray) -> float:
+    return round(float(hits.mean()), 4)
+
+
+def measure_template(samples, image_dir: Path) -> list[list[float]]:
+    """Mean landmark positions on UTKFace crops, each pasted into a plain canvas to detect it."""
+    points = []
+    for sample in samples:
+        with Image.open(image_dir / sample.name) as face:
+            canvas = Image.new("RGB", (300, 300), (90, 90, 90))
+            canvas.paste(face.convert("RGB").resize((200, 200)), (50, 50))
+        boxes = get_detector().detect(canvas)
+        if boxes and boxes[0].landmarks is not None:
+            points.append(np.subtract(boxes[0].landmarks, 50))
+    template = np.round(np.mean(points, axis=0), 1).tolist()
+    print(f"template from {len(points)} of {len(samples)} crops:", template, flush=True)
+    return template
 
 
 def main() -> None:
@@ -224,9 +253,14 @@ def main() -> None:
     parser.add_argument("--accuracy-count", type=int, default=1000)
     parser.add_argument("--compare", action="store_true", help="also measure OpenCV Haar cascades")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--template", type=int, metavar="N", help="only measure the template")
     args = parser.parse_args()
 
     image_dir = image_dir_of(args.data)
+    if args.template:
+        train = [s for s in list_samples(args.data) if not s.is_test]
+        measure_template(train[::40][: args.template], image_dir)
+        return
     test = [s for s in list_samples(args.data) if s.is_test]
     random.Random(0).shuffle(test)
     detectors = {"dlib_hog": dlib_hog}

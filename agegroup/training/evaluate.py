@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.buckets import BUCKETS
-from agegroup.predictor import FastaiPredictor
+from agegroup.predictor import FastaiPredictor, mirrored
 from agegroup.training import data as utk
 
 
@@ -76,17 +76,15 @@ def predict_files(
     predictor: FastaiPredictor, paths: Sequence[Path], batch: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities for every file, as it is and mirrored left-right."""
-    plain, mirrored = [], []
+    plain, flipped = [], []
     for start in range(0, len(paths), batch):
         faces = []
         for path in paths[start : start + batch]:
             with Image.open(path) as image:
                 faces.append(image.convert("RGB"))
         plain.append(predictor.predict(faces))
-        mirrored.append(
-            predictor.predict([f.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for f in faces])
-        )
-    return np.concatenate(plain), np.concatenate(mirrored)
+        flipped.append(predictor.predict(mirrored(faces)))
+    return np.concatenate(plain), np.concatenate(flipped)
 
 
 def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
