@@ -135,8 +135,8 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (gunicorn's master and workers)."""
+def children_by_parent() -> dict[int, list[int]]:
+    """Every running process id, grouped by its parent's id (from ``/proc/*/stat``)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -147,6 +147,12 @@ def process_tree(root: int) -> list[int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (gunicorn's master and workers)."""
+    children = children_by_parent()
     found, todo = [], [root]
     while todo:
         pid = todo.pop()

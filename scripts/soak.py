@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from agegroup.bench import children_by_parent  # noqa: E402
+
 BOUNDARY = "soak-boundary-5b2d9"
 UTKFACE_DIRS = [
     PROJECT_ROOT.parent / "shared" / "data" / "utkface" / "UTKFace",
@@ -98,17 +102,7 @@ class GunicornServer:
     def worker_pids(self) -> list[int]:
         """The worker processes: children of the gunicorn master."""
         assert self.process is not None
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                pids.append(int(entry.name))
-        return sorted(pids)
+        return sorted(children_by_parent().get(self.process.pid, []))
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -359,7 +353,6 @@ TINY_MODEL_PATH = str(PROJECT_ROOT / "tests")
 def tiny_model(folder: Path) -> Path:
     """Export the test suite's tiny learner (seconds) when no trained model is at hand."""
     sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    sys.path.insert(0, str(PROJECT_ROOT))
     from conftest import export_tiny_learner
 
     return export_tiny_learner(folder / "export.pkl")
