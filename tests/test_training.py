@@ -11,6 +11,7 @@ from PIL import Image
 
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
+from agegroup.training.data import list_samples
 from agegroup.training.train import CachedImages, build_learner, export_learner
 
 from conftest import synthetic_faces
@@ -90,3 +91,66 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
     trained = [row for row in history if row[:2] in ("0,", "1,") and row.count(",") > 2]
     assert [row.split(",")[0] for row in trained] == ["1"]
     assert json.loads((run / "progress.json").read_text())["epochs_done"] == 2
+
+
+def _synthetic_utkface(root, count=60, size=40):
+    images = root / "utk" / "UTKFace"
+    images.mkdir(parents=True)
+    for i, face in enumerate(synthetic_faces(count, size)):
+        Image.fromarray(face).save(
+            images / f"{(i * 7) % 90 + 1}_{i % 2}_{i % 5}_2017{i:09d}.jpg.chip.jpg"
+        )
+    return root / "utk"
+
+
+def test_the_distillation_loss_mixes_the_true_group_with_the_teachers_probabilities():
+    from agegroup.training.train import DistillationLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 7)
+    target = torch.randint(0, 7, (8,))
+    loss = DistillationLoss(label_smoothing=0.1, weight=0.6, temperature=2.0)
+    hard = loss.hard(logits, target)
+    assert torch.allclose(loss(logits, target), hard)  # no teacher in the batch
+    # A teacher that agrees exactly adds nothing (KL 0) ...
+    same = torch.log_softmax(logits, dim=1)
+    assert torch.allclose(loss(logits, target, same), 0.4 * hard, atol=1e-6)
+    # ... one that disagrees adds a positive penalty.
+    other = torch.log_softmax(torch.randn(8, 7) * 3, dim=1)
+    assert loss(logits, target, other) > 0.4 * hard + 1e-3
+
+
+def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_resnet50(
+    tmp_path,
+):
+    from agegroup.training import teacher
+    from agegroup.training.train import main as train_main
+
+    data = _synthetic_utkface(tmp_path)
+    cache = str(tmp_path / "cache")
+    run = tmp_path / "teacher"
+    # Random initial weights: the point is the path (fit, soft targets, export), not ImageNet.
+    teacher.main(
+        ["--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1"]
+        + ["--freeze-epochs", "0", "--bs", "16", "--run-dir", str(run), "--no-pretrained"]
+    )
+    with np.load(run / "soft_targets.npz") as saved:
+        names, log_probs = list(saved["names"]), saved["log_probs"]
+    samples = [s for s in list_samples(data) if not s.is_test]
+    assert sorted(names) == sorted(s.name for s in samples)  # the training split, never test
+    assert log_probs.shape == (len(names), len(BUCKETS))
+    assert np.allclose(np.exp(log_probs).sum(axis=1), 1.0, atol=1e-4)
+
+    out = tmp_path / "student.pkl"
+    train_main(
+        ["--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1", "--bs", "16"]
+        + ["--teacher", str(run / "soft_targets.npz"), "--run-dir", str(tmp_path / "s")]
+        + ["--out", str(out)]
+    )
+    student = load_learner(out, cpu=True)
+    assert type(student.loss_func).__name__ == "LabelSmoothingCrossEntropyFlat"
+    assert len(student.dls.train_ds.tfms) == 2  # images and groups only: no teacher targets
+    probabilities = FastaiPredictor(out, tmp_path).predict(
+        [Image.fromarray(synthetic_faces(1, 32)[0])]
+    )
+    assert probabilities.shape == (1, 7) and np.isclose(probabilities.sum(), 1.0)

@@ -11,6 +11,7 @@ every epoch under ``--run-dir``; ``--resume`` continues an interrupted run from 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -24,7 +25,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.tracker import SaveModelCallback
-from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import IndexSplitter, Normalize
 from fastai.learner import Learner
 from fastai.losses import LabelSmoothingCrossEntropyFlat
@@ -76,6 +77,44 @@ class CachedLabels:
         return {"buckets": None}
 
 
+class TeacherTargets:
+    """fastai getter for the soft targets: a cache row's teacher log-probabilities."""
+
+    def __init__(self, log_probs: np.ndarray) -> None:
+        self.log_probs = log_probs
+
+    def __call__(self, item: Any) -> torch.Tensor:
+        return torch.from_numpy(self.log_probs[int(item)])
+
+
+class DistillationLoss:
+    """Label-smoothed cross-entropy on the true group, mixed with the KL divergence to a
+    teacher's tempered probabilities (Hinton et al. 2015) when the batch carries them."""
+
+    def __init__(self, label_smoothing: float, weight: float, temperature: float) -> None:
+        self.hard = LabelSmoothingCrossEntropyFlat(eps=label_smoothing)
+        self.weight = weight
+        self.temperature = temperature
+
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hard = self.hard(pred, target)
+        if teacher is None or self.weight == 0:
+            return hard
+        t = self.temperature
+        soft_teacher = torch.softmax(teacher.float() / t, dim=1)
+        soft = torch.nn.functional.kl_div(
+            torch.log_softmax(pred.float() / t, dim=1), soft_teacher, reduction="batchmean"
+        )
+        return (1 - self.weight) * hard + self.weight * t * t * soft
+
+
+def bucket_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
+    """fastai's accuracy, ignoring the teacher's targets when the batch carries them."""
+    return accuracy(pred, target)
+
+
 class CpuBf16(Callback):
     """Run forward and loss under bf16 autocast on the CPU, with channels-last inputs."""
 
@@ -115,18 +154,30 @@ def build_learner(
     bf16: bool = True,
     arch: Callable[..., Any] = resnet50,
     min_zoom: float = 0.9,
+    teacher_log_probs: np.ndarray | None = None,
+    distill_weight: float = 0.5,
+    temperature: float = 2.0,
 ) -> Learner:
     """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images.
+
+    With ``teacher_log_probs`` (one row per image) every batch also carries the teacher's
+    predictions, and the loss distils them (``DistillationLoss``). Export such a learner through
+    ``plain_copy`` so that the exported one predicts like any other.
 
     The random zoom reaches below 1 (``min_zoom``) as well as above: the app's face crops come
     from detector boxes that vary by about 10% in size and position around UTKFace's framing,
     so training sees faces slightly smaller and larger than UTKFace's own crops.
     """
+    blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(BUCKETS))]
+    getters: list[Any] = [CachedImages(images), CachedLabels(buckets)]
+    if teacher_log_probs is not None:
+        blocks.append(TransformBlock())
+        getters.append(TeacherTargets(teacher_log_probs.astype(np.float32)))
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=list(BUCKETS))),
+        blocks=blocks,
         get_items=lambda n: list(range(n)),
-        get_x=CachedImages(images),
-        get_y=CachedLabels(buckets),
+        getters=getters,
+        n_inp=1,
         splitter=IndexSplitter(valid_idx),
         item_tfms=Resize(size, method=ResizeMethod.Squish),
         batch_tfms=[
@@ -149,8 +200,10 @@ def build_learner(
         dls,
         arch,
         pretrained=pretrained,
-        loss_func=LabelSmoothingCrossEntropyFlat(eps=label_smoothing),
-        metrics=accuracy,
+        loss_func=DistillationLoss(label_smoothing, distill_weight, temperature)
+        if teacher_log_probs is not None
+        else LabelSmoothingCrossEntropyFlat(eps=label_smoothing),
+        metrics=bucket_accuracy,
         cbs=[CpuBf16()] if bf16 else [],
     )
     if weights is not None:
@@ -160,6 +213,53 @@ def build_learner(
         )
         print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
     return learn
+
+
+def training_split(
+    data_dir: Path, size: int, cache_dir: Path, valid_fraction: float = 0.1
+) -> tuple[np.ndarray, list[utk.Sample], list[int]]:
+    """The cached images of the training split, their samples, and the validation rows.
+
+    Validation comes out of the training split, by duplicate group, with the same kind of hash
+    rule as the test split; the test split is never loaded.
+    """
+    by_name = {s.name: s for s in utk.list_samples(data_dir)}
+    images, names = utk.load_cache(utk.build_cache(data_dir, size, cache_dir))
+    keep = [i for i, name in enumerate(names) if name in by_name and not by_name[name].is_test]
+    samples = [by_name[names[i]] for i in keep]
+    valid_idx = [
+        i
+        for i, s in enumerate(samples)
+        if int(hashlib.sha256(("valid:" + s.group).encode()).hexdigest()[:8], 16) % 1000
+        < int(valid_fraction * 1000)
+    ]
+    return images[keep], samples, valid_idx
+
+
+def load_teacher_targets(path: Path, names: list[str]) -> np.ndarray:
+    """The teacher's log-probabilities for ``names``, in that order (all must be present)."""
+    with np.load(path) as saved:
+        row_of = {str(n): i for i, n in enumerate(saved["names"])}
+        missing = [n for n in names if n not in row_of]
+        if missing:
+            raise ValueError(f"{path} has no teacher targets for {len(missing)} images")
+        return saved["log_probs"][[row_of[n] for n in names]]
+
+
+def plain_copy(
+    learn: Learner,
+    images: np.ndarray,
+    buckets: list[int],
+    valid_idx: list[int],
+    size: int,
+    label_smoothing: float,
+) -> Learner:
+    """A standard learner (no teacher targets in its data) holding ``learn``'s weights."""
+    plain = build_learner(
+        images, buckets, valid_idx, size, label_smoothing=label_smoothing, bf16=False
+    )
+    plain.model.load_state_dict(learn.model.float().state_dict())
+    return plain
 
 
 def export_learner(
@@ -182,21 +282,29 @@ def export_learner(
     return path
 
 
+def add_common_arguments(
+    parser: argparse.ArgumentParser, size: int, epochs: int, lr: float
+) -> None:
+    """Data, schedule and augmentation options shared by this trainer and the teacher's."""
+    parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
+    parser.add_argument("--cache", type=Path, default=Path("data-cache"))
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--wd", type=float, default=0.05)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument(
+        "--min-zoom", type=float, default=0.9, help="below 1: zoom out too (serving-crop jitter)"
+    )
+    parser.add_argument("--seed", type=int, default=SEED)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
-    parser.add_argument("--cache", type=Path, default=Path("data-cache"))
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--wd", type=float, default=0.05)
-    parser.add_argument("--bs", type=int, default=64)
+    add_common_arguments(parser, size=64, epochs=12, lr=3e-3)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument(
-        "--min-zoom", type=float, default=0.9, help="below 1: zoom out too (serving-crop jitter)"
-    )
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument(
@@ -212,8 +320,14 @@ def main(argv: list[str] | None = None) -> None:
         help="start from the weights of an exported learner (e.g. a larger"
         " resolution after a smaller one: progressive resizing)",
     )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="soft targets to distil (an .npz from agegroup.training.teacher)",
+    )
+    parser.add_argument("--distill-weight", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--no-bf16", action="store_true")
-    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -223,20 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    samples = {s.name: s for s in utk.list_samples(args.data)}
-    images, names = utk.load_cache(utk.build_cache(args.data, args.size, args.cache))
-    keep = [i for i, name in enumerate(names) if name in samples and not samples[name].is_test]
-    images = images[keep]
-    train_samples = [samples[names[i]] for i in keep]
-    buckets = [s.bucket for s in train_samples]
-    # Validation comes out of the training split, by group, with the same kind of hash rule.
-    valid_idx = [
-        i
-        for i, s in enumerate(train_samples)
-        if int(utk.hashlib.sha256(("valid:" + s.group).encode()).hexdigest()[:8], 16) % 1000
-        < int(args.valid_fraction * 1000)
-    ]
+    images, samples, valid_idx = training_split(
+        args.data, args.size, args.cache, args.valid_fraction
+    )
+    buckets = [s.bucket for s in samples]
     print(f"train {len(images) - len(valid_idx)}  valid {len(valid_idx)}  size {args.size}")
+    teacher = None
+    if args.teacher is not None:
+        teacher = load_teacher_targets(args.teacher, [s.name for s in samples])
+        print(f"distilling {args.teacher} (weight {args.distill_weight}, T={args.temperature})")
     learn = build_learner(
         images,
         buckets,
@@ -248,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
         label_smoothing=args.label_smoothing,
         bf16=not args.no_bf16,
         min_zoom=args.min_zoom,
+        teacher_log_probs=teacher,
+        distill_weight=args.distill_weight,
+        temperature=args.temperature,
     )
     if args.init is not None:
         from fastai.learner import load_learner
@@ -279,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         cbs=[CSVLogger(fname="history.csv", append=True), Progress()],
     )
     print(f"training took {time.time() - started:.0f} s")
+    if teacher is not None:
+        learn = plain_copy(learn, images, buckets, valid_idx, args.size, args.label_smoothing)
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
 

