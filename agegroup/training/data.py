@@ -78,10 +78,14 @@ class Sample:
         return bucket_index(self.age)
 
 
+def per_mille(key: str) -> int:
+    """A fixed number in 0-999 for ``key``: the first 8 hex digits of its sha256, modulo 1000."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 1000
+
+
 def is_test_group(group_key: str) -> bool:
     """The fixed split rule: hash the group's key, about 20% of groups go to test."""
-    digest = hashlib.sha256(group_key.encode("utf-8")).hexdigest()
-    return int(digest[:8], 16) % 1000 < TEST_FRACTION_PER_MILLE
+    return per_mille(group_key) < TEST_FRACTION_PER_MILLE
 
 
 def _duplicate_groups(data_dir: Path) -> list[list[str]]:

@@ -25,8 +25,9 @@ from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
 from fastai.vision.core import imagenet_stats
 from fastai.vision.learner import default_split, model_meta
+from PIL import Image
 
-from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from agegroup.predictor import FastaiPredictor, predict_flip_averaged
 from agegroup.training.train import (
     add_common_arguments,
     build_learner,
@@ -60,21 +61,22 @@ def mobilenet_v2(pretrained: bool = False, **_: Any) -> torchvision.models.Mobil
 model_meta[mobilenet_v2] = {"cut": -1, "split": default_split, "stats": imagenet_stats}
 
 
-@torch.no_grad()
-def flip_averaged_log_probs(
-    model: torch.nn.Module, images: np.ndarray, batch: int = 256
-) -> np.ndarray:
-    """log of the mean of the softmax of each image and its mirror (fastai's preprocessing)."""
-    model.eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    out = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 255
-        x = (x - mean) / std
-        probs = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
-        out.append(probs.clamp_min(1e-8).log().numpy())
-    return np.concatenate(out).astype(np.float32)
+def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Log of the exported teacher's flip-averaged probabilities for every cached image.
+
+    They go through the serving code (``FastaiPredictor``, ``predict_flip_averaged``), so the
+    teacher's preprocessing is the app's own.
+    """
+    predictor = FastaiPredictor(model_path, model_path.parent)
+    probabilities = np.concatenate(
+        [
+            predict_flip_averaged(
+                predictor, [Image.fromarray(row) for row in images[i : i + batch]]
+            )
+            for i in range(0, len(images), batch)
+        ]
+    )
+    return np.log(np.clip(probabilities, 1e-8, None)).astype(np.float32)
 
 
 def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
@@ -119,12 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     learn, images, names = train_teacher(args)
-    log_probs = flip_averaged_log_probs(learn.model.float(), images)
+    exported = export_learner(
+        learn, args.run_dir / "export.pkl", name=f"mobilenet_v2-teacher-{args.size}px"
+    )
+    print(f"exported {exported} (evaluate it like the shipped model)")
     target = args.run_dir / "soft_targets.npz"
-    np.savez(target, names=np.array(names), log_probs=log_probs)
+    np.savez(target, names=np.array(names), log_probs=soft_targets(exported, images))
     print(f"wrote {target} ({len(names)} training-split images)")
-    export_learner(learn, args.run_dir / "export.pkl", name=f"mobilenet_v2-teacher-{args.size}px")
-    print(f"exported {args.run_dir / 'export.pkl'} (evaluate it like the shipped model)")
 
 
 if __name__ == "__main__":

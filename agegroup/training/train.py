@@ -11,7 +11,6 @@ every epoch under ``--run-dir``; ``--resume`` continues an interrupted run from 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import time
@@ -230,8 +229,7 @@ def training_split(
     valid_idx = [
         i
         for i, s in enumerate(samples)
-        if int(hashlib.sha256(("valid:" + s.group).encode()).hexdigest()[:8], 16) % 1000
-        < int(valid_fraction * 1000)
+        if utk.per_mille("valid:" + s.group) < int(valid_fraction * 1000)
     ]
     return images[keep], samples, valid_idx
 
