@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from agegroup.ages import AgeEstimate
 from agegroup.buckets import BUCKETS
 from agegroup.faces import (
     MAX_FACES,
@@ -18,7 +19,7 @@ from agegroup.faces import (
     select_faces,
 )
 from agegroup.images import DecodedImage
-from agegroup.predictor import ModelInfo, Predictor, predict_flip_averaged
+from agegroup.predictor import ModelInfo, Predictor, predict_groups
 
 NO_FACE_WARNING = "No face was found in this photo, so the result is for the whole photo."
 
@@ -28,13 +29,14 @@ class FaceResult:
     """The prediction for one face; ``box`` is ``[x, y, w, h]`` in original pixels or ``None``.
 
     ``face_found`` is false for the whole-photo fallback; ``low_resolution`` marks a face too
-    small for the model to judge well.
+    small for the model to judge well; ``age`` is the estimate in years of an age model.
     """
 
     probabilities: tuple[float, ...]
     box: tuple[int, int, int, int] | None = None
     face_found: bool = False
     low_resolution: bool = False
+    age: AgeEstimate | None = None
 
     @property
     def bucket_index(self) -> int:
@@ -49,7 +51,7 @@ class FaceResult:
         return float(self.probabilities[self.bucket_index])
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        result: dict[str, Any] = {
             "box": list(self.box) if self.box is not None else None,
             "face_found": self.face_found,
             "low_resolution": self.low_resolution,
@@ -59,6 +61,9 @@ class FaceResult:
                 b: float(p) for b, p in zip(BUCKETS, self.probabilities, strict=True)
             },
         }
+        if self.age is not None:
+            result["age"] = self.age.to_json()
+        return result
 
 
 @dataclass(frozen=True)
@@ -122,19 +127,22 @@ def analyze(
     boxes = (detector or get_detector()).detect(image)
     chosen = select_faces(boxes)
     if not chosen:
-        probabilities = predict_flip_averaged(predictor, [image])
-        faces = [FaceResult(probabilities=_normalised(probabilities[0]))]
+        probabilities, ages = predict_groups(predictor, [image])
+        faces = [
+            FaceResult(probabilities=_normalised(probabilities[0]), age=ages[0] if ages else None)
+        ]
         elapsed = (time.perf_counter() - started) * 1000
         return Analysis(decoded.width, decoded.height, faces, elapsed, [NO_FACE_WARNING])
-    probabilities = predict_flip_averaged(predictor, [crop_face(image, box) for box in chosen])
+    probabilities, ages = predict_groups(predictor, [crop_face(image, box) for box in chosen])
     faces = [
         FaceResult(
             probabilities=_normalised(row),
             box=box.clipped(image.width, image.height).scaled(decoded.scale),
             face_found=True,
             low_resolution=box.low_resolution,
+            age=age,
         )
-        for box, row in zip(chosen, probabilities, strict=True)
+        for box, row, age in zip(chosen, probabilities, ages or [None] * len(chosen), strict=True)
     ]
     elapsed = (time.perf_counter() - started) * 1000
     return Analysis(decoded.width, decoded.height, faces, elapsed, _warnings(len(boxes), faces))

@@ -88,19 +88,20 @@ class OnnxPredictor:
             raise ModelUnavailable(
                 f"The model file {path.name} could not be loaded (see the server log)."
             ) from exc
-        check_vocab(vocab)
+        classes = check_vocab(vocab)
         _check_source(resolved, meta)
         self._session = session
         self.info = ModelInfo(
             name=meta.get("agegroup_name", resolved.stem),
             version=meta.get("agegroup_version", "unknown"),
             input_size=input_size,
+            classes=classes,
         )
 
     def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess like the learner, run the network, softmax in float64."""
         if not faces:
-            return np.zeros((0, 7), dtype=np.float64)
+            return np.zeros((0, len(self.info.classes)), dtype=np.float64)
         batch = to_batch(faces, self.info.input_size)
         (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         return softmax(np.asarray(logits, dtype=np.float64))

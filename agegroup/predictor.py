@@ -1,4 +1,4 @@
-"""Face crops in, probabilities over the seven age groups out.
+"""Face crops in, probabilities over the model's classes out (ages 0-100, or the seven groups).
 
 One small interface with two implementations of the same exported learner:
 
@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from agegroup.ages import AGE_CLASSES, AgeEstimate, estimate_ages, to_groups
 from agegroup.buckets import BUCKETS
 from agegroup.errors import ModelUnavailable
 from agegroup.preprocess import to_model_input
@@ -32,6 +33,8 @@ class ModelInfo:
     name: str
     version: str
     input_size: int
+    # What the network's outputs are: ``AGE_CLASSES`` (an age model) or ``BUCKETS``.
+    classes: tuple[str, ...] = BUCKETS
 
 
 class Predictor(Protocol):
@@ -40,7 +43,7 @@ class Predictor(Protocol):
     info: ModelInfo
 
     def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
-        """Return an ``(n, 7)`` array of probabilities, one row per face, in ``BUCKETS`` order."""
+        """Return an ``(n, len(info.classes))`` array of probabilities, one row per face."""
         ...
 
 
@@ -57,9 +60,19 @@ def predict_flip_averaged(predictor: Predictor, faces: Sequence[Image.Image]) ->
     ``flip_average``).
     """
     if not faces:
-        return np.zeros((0, len(BUCKETS)))
+        return np.zeros((0, len(predictor.info.classes)))
     both = predictor.predict([*faces, *mirrored(faces)])
     return (both[: len(faces)] + both[len(faces) :]) / 2
+
+
+def predict_groups(
+    predictor: Predictor, faces: Sequence[Image.Image]
+) -> tuple[np.ndarray, list[AgeEstimate] | None]:
+    """What the app serves for each face: flip-averaged group probabilities ``(n, 7)`` and,
+    for an age model, the estimated age (``None`` for a group model)."""
+    classes = predictor.info.classes
+    probabilities = predict_flip_averaged(predictor, faces)
+    return to_groups(probabilities, classes), estimate_ages(probabilities, classes)
 
 
 def check_model_path(path: Path, model_dir: Path) -> Path:
@@ -82,12 +95,16 @@ def check_model_path(path: Path, model_dir: Path) -> Path:
     return resolved
 
 
-def check_vocab(vocab: Sequence[str]) -> None:
-    """The model must predict exactly the seven groups, in age order."""
-    if tuple(str(v) for v in vocab) != BUCKETS:
+def check_vocab(vocab: Sequence[str]) -> tuple[str, ...]:
+    """The model must predict ages 0-100 or exactly the seven groups, in age order."""
+    classes = tuple(str(v) for v in vocab)
+    if classes not in (AGE_CLASSES, BUCKETS):
+        shown = list(classes) if len(classes) <= 12 else [*classes[:10], "..."]
         raise ModelUnavailable(
-            f"The model's classes {list(vocab)} are not the seven age groups {list(BUCKETS)}."
+            f"The model's classes {shown} are neither the ages 0-100 nor the seven age groups "
+            f"{list(BUCKETS)}."
         )
+    return classes
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -122,15 +139,20 @@ class FastaiPredictor:
             ) from exc
         if not hasattr(learn, "dls") or not hasattr(learn, "model"):
             raise ModelUnavailable(f"The model file {path.name} is not a fastai learner.")
-        check_vocab(learn.dls.vocab)
+        classes = check_vocab(learn.dls.vocab)
         learn.model.float().eval()  # shipped weights may be stored in half precision
         sizes = [t.size for t in learn.dls.after_item.fs if isinstance(t, Resize)]
+        if not sizes:
+            raise ModelUnavailable(
+                f"The model file {path.name} has no Resize step, so its input size is unknown."
+            )
         self.learn = learn
         self._torch = torch
         self.info = ModelInfo(
             name=str(getattr(learn, "agegroup_name", resolved.stem)),
             version=str(getattr(learn, "agegroup_version", _model_version(resolved))),
-            input_size=int(sizes[0][0]) if sizes else 224,
+            input_size=int(sizes[0][0]),
+            classes=classes,
         )
 
     def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:

@@ -39,21 +39,25 @@ def synthetic_faces(count: int, size: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def export_tiny_learner(path: Path, vocab_ok: bool = True) -> Path:
-    """Train a tiny learner on synthetic images for one epoch and export it like the real one."""
-    from agegroup.training.train import build_learner, export_learner
+def export_tiny_learner(path: Path, vocab_ok: bool = True, ages: bool = False) -> Path:
+    """Train a tiny learner on synthetic images for one epoch and export it like the real one:
+    over the seven groups, or (``ages``) over ages 0-100 like the shipped model."""
+    from agegroup.ages import AGE_CLASSES
+    from agegroup.training.train import build_learner, export_learner, plain_copy
 
     images = synthetic_faces(2 * len(BUCKETS) + 2, TINY_SIZE)
-    buckets = [i % len(BUCKETS) for i in range(len(images))]
-    learn = build_learner(
-        images, buckets, valid_idx=[0, 1], size=TINY_SIZE, batch_size=8, arch=tiny_cnn, bf16=False
-    )
+    vocab = AGE_CLASSES if ages else BUCKETS
+    labels = [(i * 13) % len(vocab) for i in range(len(images))]
+    options = dict(size=TINY_SIZE, batch_size=8, arch=tiny_cnn, bf16=False, vocab=vocab)
+    learn = build_learner(images, labels, valid_idx=[0, 1], **options)
     if not vocab_ok:
         from fastai.data.transforms import CategoryMap
 
         categorize = learn.dls.train_ds.tls[1].tfms.fs[-1]
         categorize.vocab = CategoryMap(list(reversed(BUCKETS)), sort=False)
     learn.fit(1, 1e-3)
+    if ages:  # exported like train.py's age models: a plain copy with fastai's own loss
+        learn = plain_copy(learn, images, labels, [0, 1], TINY_SIZE, 0.1, vocab, arch=tiny_cnn)
     return export_learner(learn, path, name="tiny-test-model", version="0.0.1")
 
 

@@ -9,6 +9,7 @@ import torch
 from fastai.learner import load_learner
 from PIL import Image
 
+from agegroup.ages import AGE_CLASSES
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
@@ -81,7 +82,9 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
     ]
     main(common)
     assert json.loads((run / "progress.json").read_text())["epochs_done"] == 2
-    assert list(load_learner(tmp_path / "m.pkl", cpu=True).dls.vocab) == list(BUCKETS)
+    assert list(load_learner(tmp_path / "m.pkl", cpu=True).dls.vocab) == list(AGE_CLASSES)
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["targets"] == "ages" and saved["size"] == 32 and saved["epochs"] == 2
 
     # Pretend the run stopped after its first epoch: --resume runs only the second one.
     (run / "progress.json").write_text(json.dumps({"epochs_done": 1}))
@@ -148,9 +151,35 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
         + ["--out", str(out)]
     )
     student = load_learner(out, cpu=True)
-    assert type(student.loss_func).__name__ == "LabelSmoothingCrossEntropyFlat"
-    assert len(student.dls.train_ds.tfms) == 2  # images and groups only: no teacher targets
-    probabilities = FastaiPredictor(out, tmp_path).predict(
-        [Image.fromarray(synthetic_faces(1, 32)[0])]
-    )
-    assert probabilities.shape == (1, 7) and np.isclose(probabilities.sum(), 1.0)
+    # An age model distilling the teacher's groups, exported plain: no teacher targets, no
+    # corruption transform, fastai's own loss, so loading it needs no training code.
+    assert type(student.loss_func).__name__ == "CrossEntropyLossFlat"
+    assert len(student.dls.train_ds.tfms) == 2  # images and ages only: no teacher targets
+    assert not any(type(t).__name__ == "Degrade" for t in student.dls.after_item.fs)
+    predictor = FastaiPredictor(out, tmp_path)
+    assert predictor.info.classes == AGE_CLASSES
+    probabilities = predictor.predict([Image.fromarray(synthetic_faces(1, 32)[0])])
+    assert probabilities.shape == (1, 101) and np.isclose(probabilities.sum(), 1.0)
+
+
+def test_the_age_loss_rewards_the_labelled_age_and_its_group_and_distils_the_teachers_groups():
+    from agegroup.training.train import AgeLoss
+
+    def peaked_at(age: int) -> torch.Tensor:
+        logits = torch.full((1, 101), -5.0)
+        logits[0, age] = 5.0
+        return logits
+
+    loss = AgeLoss(group_weight=1.0, label_smoothing=0.1, distill_weight=0.0)
+    target = torch.tensor([34])
+    right, near, wrong_group = (loss(peaked_at(a), target) for a in (34, 37, 52))
+    assert right < near < wrong_group  # nearer ages cost less; another group costs most
+    groups = loss.group_log_probs(peaked_at(34)).exp()
+    assert torch.allclose(groups.sum(dim=1), torch.ones(1))
+    assert groups.argmax().item() == BUCKETS.index("31-40")
+
+    distilling = AgeLoss(group_weight=1.0, label_smoothing=0.1, distill_weight=0.5)
+    agreeing = loss.group_log_probs(peaked_at(34))
+    assert torch.allclose(distilling(peaked_at(34), target, agreeing), 0.5 * right, atol=1e-5)
+    disagreeing = torch.log_softmax(torch.tensor([[0.0, 0, 0, 0, 0, 0, 9.0]]), dim=1)
+    assert distilling(peaked_at(34), target, disagreeing) > 0.5 * right + 1.0

@@ -295,7 +295,7 @@ def test_a_learner_with_other_classes_is_refused_at_startup(tmp_path: Path, face
     app = create_app(settings)
     state = app.extensions["agegroup"]
     assert state.predictor is None
-    assert "not the seven age groups" in state.load_error
+    assert "nor the seven age groups" in state.load_error
     assert_json_error(app.test_client().get("/healthz"), 503, "model_unavailable")
 
 

@@ -3,7 +3,12 @@
     python -m agegroup.training.evaluate model/export.pkl --out model/metrics.json
 
 Predictions go through ``FastaiPredictor`` (the same preprocessing and network the app uses),
-once plainly and once averaged with the horizontally flipped face (test-time flip averaging).
+once plainly and once averaged with the horizontally flipped face (test-time flip averaging,
+what the app serves), on the clean test split and on its degraded copy (every test face
+corrupted by one fixed, seeded mix of ``agegroup.training.degrade``). Reported: accuracy,
+within one group, balanced accuracy, per-group recall, calibration error (15 bins) and, for
+an age model, the error of the estimated age in years and how often the 80% interval holds
+the labelled age.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agegroup.ages import clamp_age, estimate_ages, to_groups
 from agegroup.buckets import BUCKETS
-from agegroup.predictor import FastaiPredictor, mirrored
+from agegroup.predictor import FastaiPredictor, Predictor, mirrored
 from agegroup.training import data as utk
+from agegroup.training.degrade import degraded_copy
 
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], n: int = len(BUCKETS)) -> np.ndarray:
@@ -72,19 +79,67 @@ def compute_metrics(
     }
 
 
-def predict_files(
-    predictor: FastaiPredictor, paths: Sequence[Path], batch: int = 128
+def expected_calibration_error(
+    y_true: Sequence[int], probabilities: np.ndarray, bins: int = 15
+) -> float:
+    """ECE over ``bins`` equal-width confidence bins: the mean |accuracy - confidence| gap,
+    weighted by how many answers fall in each bin."""
+    truth = np.asarray(y_true)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == truth
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(gap)
+
+
+def test_faces(samples: Sequence[utk.Sample], data_dir: Path, degraded: bool) -> list[Image.Image]:
+    """The test crops as the model receives them: as they are, or the degraded test set's."""
+    image_dir = utk.image_dir_of(data_dir)
+    faces = []
+    for sample in samples:
+        with Image.open(image_dir / sample.name) as image:
+            face = image.convert("RGB")
+        faces.append(degraded_copy(face, sample.name) if degraded else face)
+    return faces
+
+
+def predict_faces(
+    predictor: Predictor, faces: Sequence[Image.Image], batch: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for every file, as it is and mirrored left-right."""
+    """The model's class probabilities for every face, as it is and mirrored left-right."""
     plain, flipped = [], []
-    for start in range(0, len(paths), batch):
-        faces = []
-        for path in paths[start : start + batch]:
-            with Image.open(path) as image:
-                faces.append(image.convert("RGB"))
-        plain.append(predictor.predict(faces))
-        flipped.append(predictor.predict(mirrored(faces)))
+    for start in range(0, len(faces), batch):
+        chunk = faces[start : start + batch]
+        plain.append(predictor.predict(chunk))
+        flipped.append(predictor.predict(mirrored(chunk)))
     return np.concatenate(plain), np.concatenate(flipped)
+
+
+def score(
+    samples: Sequence[utk.Sample], probabilities: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """``compute_metrics`` on the groups, plus calibration and, for ages, the error in years."""
+    subgroups = {
+        "gender": [utk.GENDERS[s.gender] if s.gender is not None else "unknown" for s in samples],
+        "race": [utk.RACES[s.race] if s.race is not None else "unknown" for s in samples],
+    }
+    truth = [s.bucket for s in samples]
+    groups = to_groups(probabilities, classes)
+    metrics = compute_metrics(truth, groups, subgroups)
+    metrics["calibration_error"] = round(expected_calibration_error(truth, groups), 4)
+    estimates = estimate_ages(probabilities, classes)
+    if estimates is not None:
+        ages = np.array([clamp_age(s.age) for s in samples])
+        guessed = np.array([e.estimate for e in estimates])
+        inside = [e.low <= a <= e.high for e, a in zip(estimates, ages, strict=True)]
+        metrics["age_mae_years"] = round(float(np.abs(guessed - ages).mean()), 2)
+        metrics["age_interval_coverage"] = round(float(np.mean(inside)), 4)
+    return metrics
 
 
 def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
@@ -110,61 +165,85 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate(model_path: Path, data_dir: Path, limit: int | None = None) -> dict[str, Any]:
-    predictor = FastaiPredictor(model_path, model_path.resolve().parent)
+def evaluate(
+    predictor: Predictor,
+    data_dir: Path,
+    limit: int | None = None,
+    degraded: bool = True,
+    probabilities_out: Path | None = None,
+) -> dict[str, Any]:
+    """The model on the clean test split and, unless told not to, on its degraded copy.
+
+    ``probabilities_out``: also save the served (flip-averaged) class probabilities there
+    (``.npz``, one array per test set), e.g. to measure a mix of two models.
+    """
     samples = [s for s in utk.list_samples(data_dir) if s.is_test][:limit]
-    image_dir = utk.image_dir_of(data_dir)
-    paths = [image_dir / s.name for s in samples]
-    truth = [s.bucket for s in samples]
-    subgroups = {
-        "gender": [utk.GENDERS[s.gender] if s.gender is not None else "unknown" for s in samples],
-        "race": [utk.RACES[s.race] if s.race is not None else "unknown" for s in samples],
-    }
     results: dict[str, Any] = {
         "model": {"name": predictor.info.name, "version": predictor.info.version},
         "input_size": predictor.info.input_size,
         "split": "UTKFace test split (see agegroup/training/data.py), one file per duplicate group",
+        "served": "flip_average",
     }
-    started = time.perf_counter()
-    plain, mirrored = predict_files(predictor, paths)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["plain"] = compute_metrics(truth, plain, subgroups)
-    results["flip_average"] = compute_metrics(truth, (plain + mirrored) / 2, subgroups)
+    classes = predictor.info.classes
+    served: dict[str, np.ndarray] = {}
+    for name in ("clean", "degraded") if degraded else ("clean",):
+        started = time.perf_counter()
+        plain, flipped = predict_faces(predictor, test_faces(samples, data_dir, name == "degraded"))
+        served[name] = (plain + flipped) / 2
+        results[name] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "plain": score(samples, plain, classes),
+            "flip_average": score(samples, served[name], classes),
+        }
+    if probabilities_out is not None:
+        np.savez(probabilities_out, names=np.array([s.name for s in samples]), **served)
     return results
 
 
 def summary(results: dict[str, Any]) -> str:
     lines = [f"model {results['model']['name']} {results['model']['version']}"]
-    for key in ("plain", "flip_average"):
-        m = results[key]
-        lines.append(
-            f"{key:>13}: n={m['n']} accuracy={m['accuracy']:.4f} "
-            f"within-one={m['within_one_bucket']:.4f} balanced={m['balanced_accuracy']:.4f}"
-        )
-    m = results["flip_average"]
-    for bucket, row in m["per_bucket"].items():
-        lines.append(
-            f"  {bucket:>6}: support={row['support']:5d} precision={row['precision']:.3f} "
-            f"recall={row['recall']:.3f}"
-        )
-    for labelling, groups in m["by_group"].items():
-        parts = ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in groups.items())
-        lines.append(f"  by {labelling}: {parts}")
+    for test in ("clean", "degraded"):
+        for key in ("plain", "flip_average") if test in results else ():
+            m = results[test][key]
+            extra = f" mae={m['age_mae_years']:.2f}y" if "age_mae_years" in m else ""
+            lines.append(
+                f"{test:>8} {key:>12}: n={m['n']} accuracy={m['accuracy']:.4f} "
+                f"within-one={m['within_one_bucket']:.4f} balanced={m['balanced_accuracy']:.4f} "
+                f"ece={m['calibration_error']:.4f}{extra}"
+            )
+        if test in results:
+            recalls = " ".join(
+                f"{b} {row['recall']:.2f}"
+                for b, row in results[test]["flip_average"]["per_bucket"].items()
+            )
+            lines.append(f"{'':>8} recall: {recalls}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, help="an exported learner, or 'agev1' (the teacher)")
     parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=None, help="default: metrics.json beside model")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--clean-only", action="store_true", help="skip the degraded test set")
+    parser.add_argument(
+        "--probabilities", type=Path, help="also save the served probabilities (.npz) here"
+    )
     args = parser.parse_args(argv)
     out = args.out or args.model.resolve().parent / "metrics.json"
-    results = evaluate(args.model, args.data, args.limit)
+    if str(args.model) == "agev1":
+        from agegroup.training.agev1 import AgeV1
+
+        predictor: Predictor = AgeV1()
+        out = args.out or Path("runs/agev1/metrics.json")
+    else:
+        predictor = FastaiPredictor(args.model, args.model.resolve().parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = evaluate(predictor, args.data, args.limit, not args.clean_only, args.probabilities)
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot_confusion(
-        np.array(results["flip_average"]["confusion_matrix"]),
+        np.array(results["clean"]["flip_average"]["confusion_matrix"]),
         out.with_name("confusion.png"),
         f"{results['model']['name']} (flip-averaged)",
     )

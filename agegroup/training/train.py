@@ -1,6 +1,13 @@
-"""Train the ResNet50 age-group learner and export it for the web app.
+"""Train the ResNet50 age learner and export it for the web app.
 
-    python -m agegroup.training.train --size 64 --epochs 12 --out model/export.pkl
+    python -m agegroup.training.train --size 96 --epochs 12 --out model/export.pkl
+
+By default (``--targets ages``) the network predicts a distribution over whole ages 0-100,
+trained by label-distribution learning: the target is a Gaussian around the labelled age
+(wider for older faces, whose apparent age varies more), plus a cross-entropy on the seven
+groups, which are sums over that distribution (``agegroup.ages``). ``--targets groups``
+trains the seven groups directly, as the earlier models did. A random half of the training
+images is corrupted like real uploads (``agegroup.training.degrade``, ``--degrade``).
 
 The images are decoded once into a uint8 cache (see ``data.build_cache``); every epoch then
 only augments tensors. On CPUs with AMX/AVX512-BF16 the forward and backward passes run under
@@ -27,17 +34,20 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import IndexSplitter, Normalize
 from fastai.learner import Learner
-from fastai.losses import LabelSmoothingCrossEntropyFlat
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy
 from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
 from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet50
+from fasttransform import Transform
 
+from agegroup.ages import AGE_CLASSES, GROUP_OF_AGE, MAX_AGE, clamp_age
 from agegroup.buckets import BUCKETS
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agegroup.training import data as utk
+from agegroup.training.degrade import degrade
 
 SEED = 42
 
@@ -62,18 +72,35 @@ class CachedImages:
 
 
 class CachedLabels:
-    """fastai ``get_y``: the bucket label of a cache row (not pickled with the learner)."""
+    """fastai ``get_y``: a cache row's class name, ``vocab[labels[row]]`` (not pickled)."""
 
-    def __init__(self, buckets: list[int] | None) -> None:
-        self.buckets = buckets
+    def __init__(self, labels: list[int] | None, vocab: tuple[str, ...] = BUCKETS) -> None:
+        self.labels = labels
+        self.vocab = vocab
 
     def __call__(self, item: Any) -> str:
-        if self.buckets is None:
+        if self.labels is None:
             raise ValueError("labels are only available while training")
-        return BUCKETS[self.buckets[int(item)]]
+        return self.vocab[self.labels[int(item)]]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"buckets": None}
+        return {"labels": None, "vocab": self.vocab}
+
+
+class Degrade(Transform):
+    """Training-only item transform: a random share ``p`` of images corrupted like uploads."""
+
+    split_idx = 0
+    order = 0  # before Resize
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def encodes(self, image: PILImage) -> PILImage:
+        if random.random() >= self.p:
+            return image
+        return PILImage.create(np.asarray(degrade(image, random._inst)))  # type: ignore[attr-defined]
 
 
 class TeacherTargets:
@@ -114,6 +141,70 @@ def bucket_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.
     return accuracy(pred, target)
 
 
+def age_sigma(age: torch.Tensor) -> torch.Tensor:
+    """The label distribution's width in years: apparent age varies more with age."""
+    return 1.0 + 0.07 * age
+
+
+class AgeLoss:
+    """Label-distribution learning over ages, with the seven groups and an optional teacher.
+
+    ``(1 - W) * (CE(Gaussian around the age, ages) + g * smoothed CE(group, groups))
+    + W * KL(teacher's groups || groups)``, where a group's log-probability is the
+    log-sum-exp of its ages' log-probabilities.
+    """
+
+    def __init__(
+        self, group_weight: float = 1.0, label_smoothing: float = 0.1, distill_weight: float = 0.0
+    ) -> None:
+        ages = torch.arange(MAX_AGE + 1, dtype=torch.float32)
+        spread = age_sigma(ages)[:, None]
+        table = torch.exp(-0.5 * ((ages[None, :] - ages[:, None]) / spread) ** 2)
+        self.age_targets = table / table.sum(dim=1, keepdim=True)
+        member = torch.from_numpy(GROUP_OF_AGE.T.astype(np.float32))  # (7, ages)
+        self.group_mask = torch.where(member > 0, 0.0, float("-inf"))
+        self.group_of_age = member.argmax(dim=0)
+        self.group_weight = group_weight
+        self.label_smoothing = label_smoothing
+        self.distill_weight = distill_weight
+
+    def group_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(pred.float(), dim=1)
+        return torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
+
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        log_probs = torch.log_softmax(pred.float(), dim=1)
+        target = torch.as_tensor(target).long().view(-1)
+        ldl = -(self.age_targets[target] * log_probs).sum(dim=1).mean()
+        groups = torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
+        eps = self.label_smoothing
+        true_group = groups.gather(1, self.group_of_age[target][:, None]).squeeze(1)
+        group_ce = -((1 - eps) * true_group + eps * groups.mean(dim=1)).mean()
+        hard = ldl + self.group_weight * group_ce
+        if teacher is None or self.distill_weight == 0:
+            return hard
+        teacher_log = teacher.float()
+        kl = (teacher_log.exp() * (teacher_log - groups)).sum(dim=1).mean()
+        return (1 - self.distill_weight) * hard + self.distill_weight * kl
+
+
+def group_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
+    """Accuracy on the seven groups of an age model (groups are sums over ages)."""
+    member = torch.from_numpy(GROUP_OF_AGE.astype(np.float32))
+    predicted = (torch.softmax(pred.float(), dim=1) @ member).argmax(dim=1)
+    truth = member.argmax(dim=1)[torch.as_tensor(target).long().view(-1)]
+    return (predicted == truth).float().mean()
+
+
+def age_mae(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
+    """Mean absolute error in years of the expected age."""
+    ages = torch.arange(MAX_AGE + 1, dtype=torch.float32)
+    expected = torch.softmax(pred.float(), dim=1) @ ages
+    return (expected - torch.as_tensor(target).float().view(-1)).abs().mean()
+
+
 class CpuBf16(Callback):
     """Run forward and loss under bf16 autocast on the CPU, with channels-last inputs."""
 
@@ -133,6 +224,20 @@ class CpuBf16(Callback):
     def after_cancel_batch(self) -> None:
         if torch.is_autocast_cpu_enabled():
             self.autocast.__exit__(None, None, None)
+
+
+class Checkpoint(Callback):
+    """After every epoch: save weights and optimiser as ``last``, and the epochs done so far
+    (``--resume`` continues from there). ``offset``: epochs run before this ``fit`` call."""
+
+    def __init__(self, state_file: Path, offset: int = 0) -> None:
+        self.state_file = state_file
+        self.offset = offset
+
+    def after_epoch(self) -> None:
+        self.learn.save("last", with_opt=True)
+        done = self.offset + self.epoch + 1
+        self.state_file.write_text(json.dumps({"epochs_done": done, "time": time.time()}))
 
 
 def seed_everything(seed: int) -> None:
@@ -156,8 +261,14 @@ def build_learner(
     teacher_log_probs: np.ndarray | None = None,
     distill_weight: float = 0.5,
     temperature: float = 2.0,
+    vocab: tuple[str, ...] = BUCKETS,
+    degrade_share: float = 0.0,
+    group_weight: float = 1.0,
 ) -> Learner:
     """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images.
+
+    ``buckets`` are each image's class index in ``vocab``: groups (``BUCKETS``) or ages
+    (``AGE_CLASSES``, trained with ``AgeLoss``).
 
     With ``teacher_log_probs`` (one row per image) every batch also carries the teacher's
     predictions, and the loss distils them (``DistillationLoss``). Export such a learner through
@@ -167,8 +278,9 @@ def build_learner(
     from detector boxes that vary by about 10% in size and position around UTKFace's framing,
     so training sees faces slightly smaller and larger than UTKFace's own crops.
     """
-    blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(BUCKETS))]
-    getters: list[Any] = [CachedImages(images), CachedLabels(buckets)]
+    ages = vocab == AGE_CLASSES
+    blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(vocab), sort=False)]
+    getters: list[Any] = [CachedImages(images), CachedLabels(buckets, vocab)]
     if teacher_log_probs is not None:
         blocks.append(TransformBlock())
         getters.append(TeacherTargets(teacher_log_probs.astype(np.float32)))
@@ -178,7 +290,9 @@ def build_learner(
         getters=getters,
         n_inp=1,
         splitter=IndexSplitter(valid_idx),
-        item_tfms=Resize(size, method=ResizeMethod.Squish),
+        item_tfms=[Degrade(degrade_share), Resize(size, method=ResizeMethod.Squish)]
+        if degrade_share > 0
+        else Resize(size, method=ResizeMethod.Squish),
         batch_tfms=[
             *aug_transforms(
                 do_flip=True,
@@ -195,14 +309,22 @@ def build_learner(
         ],
     )
     dls = block.dataloaders(len(images), bs=batch_size, num_workers=0, device="cpu")
+    if ages:
+        loss: Any = AgeLoss(group_weight, label_smoothing, distill_weight)
+        metrics: list[Any] = [group_accuracy, age_mae]
+    elif teacher_log_probs is not None:
+        loss, metrics = (
+            DistillationLoss(label_smoothing, distill_weight, temperature),
+            [bucket_accuracy],
+        )
+    else:
+        loss, metrics = LabelSmoothingCrossEntropyFlat(eps=label_smoothing), [bucket_accuracy]
     learn = vision_learner(
         dls,
         arch,
         pretrained=pretrained,
-        loss_func=DistillationLoss(label_smoothing, distill_weight, temperature)
-        if teacher_log_probs is not None
-        else LabelSmoothingCrossEntropyFlat(eps=label_smoothing),
-        metrics=bucket_accuracy,
+        loss_func=loss,
+        metrics=metrics,
         cbs=[CpuBf16()] if bf16 else [],
     )
     if weights is not None:
@@ -234,6 +356,18 @@ def training_split(
     return images[keep], samples, valid_idx
 
 
+def load_matching_weights(learn: Learner, exported: Path) -> None:
+    """Start from an exported learner's weights; layers whose shape differs (a head over
+    other classes) keep their fresh initialisation."""
+    from fastai.learner import load_learner
+
+    source = load_learner(exported, cpu=True).model.float().state_dict()
+    target = learn.model.state_dict()
+    kept = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    learn.model.load_state_dict(kept, strict=False)
+    print(f"initialised from {exported}: {len(kept)} of {len(target)} tensors")
+
+
 def load_teacher_targets(path: Path, names: list[str]) -> np.ndarray:
     """The teacher's log-probabilities for ``names``, in that order (all must be present)."""
     with np.load(path) as saved:
@@ -251,11 +385,24 @@ def plain_copy(
     valid_idx: list[int],
     size: int,
     label_smoothing: float,
+    vocab: tuple[str, ...] = BUCKETS,
+    arch: Callable[..., Any] = resnet50,
 ) -> Learner:
-    """A standard learner (no teacher targets in its data) holding ``learn``'s weights."""
+    """A standard learner holding ``learn``'s weights: plain cross-entropy over ``vocab``, no
+    teacher targets, no corruption, so the exported file needs nothing of training to load."""
     plain = build_learner(
-        images, buckets, valid_idx, size, label_smoothing=label_smoothing, bf16=False
+        images,
+        buckets,
+        valid_idx,
+        size,
+        label_smoothing=label_smoothing,
+        bf16=False,
+        vocab=vocab,
+        arch=arch,
     )
+    if vocab != BUCKETS:
+        plain.loss_func = CrossEntropyLossFlat()
+        plain.metrics = []
     plain.model.load_state_dict(learn.model.float().state_dict())
     return plain
 
@@ -302,6 +449,15 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_arguments(parser, size=64, epochs=12, lr=3e-3)
+    parser.add_argument(
+        "--targets", choices=("ages", "groups"), default="ages", help="what the network predicts"
+    )
+    parser.add_argument(
+        "--group-weight", type=float, default=1.0, help="weight of the group loss (ages only)"
+    )
+    parser.add_argument(
+        "--degrade", type=float, default=0.5, help="share of training images corrupted"
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
     weights = parser.add_mutually_exclusive_group()
@@ -321,10 +477,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--teacher",
         type=Path,
-        help="soft targets to distil (an .npz from agegroup.training.teacher)",
+        help="soft targets to distil: an .npz of group log-probabilities"
+        " (agegroup.training.teacher or agegroup.training.agev1)",
     )
     parser.add_argument("--distill-weight", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument(
+        "--schedule",
+        choices=("one-cycle", "restarts"),
+        default="one-cycle",
+        help="one one-cycle over all epochs, or one per epoch with a decaying peak (warm"
+        " restarts: every epoch's checkpoint is annealed, so a run can stop at any epoch)",
+    )
+    parser.add_argument("--restart-decay", type=float, default=0.7, help="peak lr factor per epoch")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -338,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     images, samples, valid_idx = training_split(
         args.data, args.size, args.cache, args.valid_fraction
     )
-    buckets = [s.bucket for s in samples]
+    vocab = AGE_CLASSES if args.targets == "ages" else BUCKETS
+    buckets = [clamp_age(s.age) if args.targets == "ages" else s.bucket for s in samples]
     print(f"train {len(images) - len(valid_idx)}  valid {len(valid_idx)}  size {args.size}")
     teacher = None
     if args.teacher is not None:
@@ -358,14 +524,18 @@ def main(argv: list[str] | None = None) -> None:
         teacher_log_probs=teacher,
         distill_weight=args.distill_weight,
         temperature=args.temperature,
+        vocab=vocab,
+        degrade_share=args.degrade,
+        group_weight=args.group_weight,
     )
     if args.init is not None:
-        from fastai.learner import load_learner
-
-        source = load_learner(args.init, cpu=True)
-        learn.model.load_state_dict(source.model.float().state_dict())
-        print(f"initialised from {args.init}")
+        load_matching_weights(learn, args.init)
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / "args.json").write_text(
+        json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2
+        )
+    )
     learn.path = args.run_dir
     learn.model_dir = "."
     start_epoch = 0
@@ -375,22 +545,25 @@ def main(argv: list[str] | None = None) -> None:
         learn.load("last", with_opt=True)
         print(f"resuming after epoch {start_epoch}")
 
-    class Progress(Callback):
-        def after_epoch(self) -> None:
-            learn.save("last", with_opt=True)
-            state_file.write_text(json.dumps({"epochs_done": self.epoch + 1, "time": time.time()}))
-
     started = time.time()
-    learn.fit_one_cycle(
-        args.epochs,
-        args.lr,
-        wd=args.wd,
-        start_epoch=start_epoch,
-        cbs=[CSVLogger(fname="history.csv", append=True), Progress()],
-    )
+    logger = CSVLogger(fname="history.csv", append=True)
+    if args.schedule == "one-cycle":
+        learn.fit_one_cycle(
+            args.epochs,
+            args.lr,
+            wd=args.wd,
+            start_epoch=start_epoch,
+            cbs=[logger, Checkpoint(state_file)],
+        )
+    else:  # every epoch its own short one-cycle, each peak lower: any checkpoint is usable
+        for epoch in range(start_epoch, args.epochs):
+            lr = args.lr * args.restart_decay**epoch
+            learn.fit_one_cycle(1, lr, wd=args.wd, cbs=[logger, Checkpoint(state_file, epoch)])
     print(f"training took {time.time() - started:.0f} s")
-    if teacher is not None:
-        learn = plain_copy(learn, images, buckets, valid_idx, args.size, args.label_smoothing)
+    if teacher is not None or args.targets == "ages" or args.degrade > 0:
+        learn = plain_copy(
+            learn, images, buckets, valid_idx, args.size, args.label_smoothing, vocab
+        )
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
 

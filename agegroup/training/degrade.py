@@ -1,0 +1,110 @@
+"""Corruptions like those of real uploads, for training and for the degraded test set.
+
+Real photos are not UTKFace's clean, well-lit 200 px crops: they are grey or sepia scans,
+blurred, compressed, small faces enlarged, noisy, with colour casts and poor exposure. The
+same ``degrade`` makes the training augmentation (``Degrade``, on a random half of the
+training images) and the fixed degraded test set (``degraded_copy``: every test face, one
+seeded mix per file), so what the model learns to withstand is what it is measured on.
+
+Sizes are fractions of the image side, so a 96 px training image and a 200 px test crop
+are corrupted alike.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zlib
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from agegroup.preprocess import RESAMPLE
+
+# The degraded test set's seed: one fixed mix of corruptions per file name.
+TEST_SEED = 2026
+SEPIA = ((0.393, 0.769, 0.189), (0.349, 0.686, 0.168), (0.272, 0.534, 0.131))
+
+
+def _grey(image: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageOps.grayscale(image).convert("RGB")
+
+
+def _sepia(image: Image.Image, rng: random.Random) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32) @ np.asarray(SEPIA, dtype=np.float32).T
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _colour_cast(image: Image.Image, rng: random.Random) -> Image.Image:
+    gains = np.array([rng.uniform(0.8, 1.2) for _ in range(3)], dtype=np.float32)
+    return Image.fromarray(np.clip(np.asarray(image) * gains, 0, 255).astype(np.uint8))
+
+
+def _contrast(image: Image.Image, rng: random.Random) -> Image.Image:
+    return ImageEnhance.Contrast(image).enhance(rng.uniform(0.5, 1.4))
+
+
+def _exposure(image: Image.Image, rng: random.Random) -> Image.Image:
+    gamma = rng.uniform(0.5, 2.0)
+    table = [round(255 * (i / 255) ** gamma) for i in range(256)] * 3
+    return image.point(table)
+
+
+def _small_face(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A face of 30-60 px in the photo, enlarged to the crop (the crop is ~1.1 face sides)."""
+    side = max(8, round(rng.uniform(33, 67) * image.width / 200))
+    return image.resize((side, side), RESAMPLE).resize(image.size, RESAMPLE)
+
+
+def _blur(image: Image.Image, rng: random.Random) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.6) * image.width / 96))
+
+
+def _noise(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Colour noise or luminance grain (one value per pixel for all three channels)."""
+    sigma = rng.uniform(3, 14)
+    channels = 3 if rng.random() < 0.5 else 1
+    shape = (image.height, image.width, channels)
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, sigma, shape)
+    return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
+
+
+def _jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=rng.randint(15, 50))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+# (corruption, probability), applied in this order: colour first, resolution, then the
+# sensor and the compression, as a photo is taken, scanned and uploaded.
+CORRUPTIONS = (
+    (_grey, 0.2),
+    (_sepia, 0.07),
+    (_colour_cast, 0.2),
+    (_contrast, 0.25),
+    (_exposure, 0.25),
+    (_small_face, 0.3),
+    (_blur, 0.2),
+    (_noise, 0.2),
+    (_jpeg, 0.35),
+)
+
+
+def degrade(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random mix of at least one corruption of ``image`` (RGB, same size)."""
+    image = image.convert("RGB")
+    chosen = [fn for fn, p in CORRUPTIONS if rng.random() < p]
+    if not chosen:
+        chosen = [rng.choice([fn for fn, _ in CORRUPTIONS])]
+    if _grey in chosen and _sepia in chosen:
+        chosen.remove(_sepia)
+    for corruption in chosen:
+        image = corruption(image, rng)
+    return image
+
+
+def degraded_copy(image: Image.Image, name: str) -> Image.Image:
+    """The degraded test set's version of one test file: the same for every run and machine."""
+    return degrade(image, random.Random(TEST_SEED * 1_000_003 + zlib.crc32(name.encode())))

@@ -1,0 +1,171 @@
+"""Ages: groups as sums over the age distribution, the estimate and its interval, calibration
+written into the last layer, and the corruptions of the degraded test set."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agegroup.ages import (
+    AGE_CLASSES,
+    MAX_AGE,
+    clamp_age,
+    estimate_age,
+    estimate_ages,
+    is_age_model,
+    to_groups,
+)
+from agegroup.buckets import BUCKETS
+
+from conftest import synthetic_faces
+
+
+def uniform_over(low: int, high: int) -> np.ndarray:
+    p = np.zeros(MAX_AGE + 1)
+    p[low : high + 1] = 1.0
+    return p / p.sum()
+
+
+def test_group_probabilities_are_sums_over_each_groups_ages():
+    p = np.zeros(MAX_AGE + 1)
+    p[[10, 11, 60, 61, 100]] = [0.1, 0.2, 0.3, 0.15, 0.25]
+    groups = to_groups(p[None, :], AGE_CLASSES)[0]
+    expected = dict(zip(BUCKETS, [0.1, 0.2, 0, 0, 0, 0.3, 0.4], strict=True))
+    assert groups == pytest.approx([expected[b] for b in BUCKETS])
+
+
+def test_a_group_model_passes_through_and_has_no_age_estimate():
+    p = np.full((2, 7), 1 / 7)
+    assert not is_age_model(BUCKETS)
+    assert to_groups(p, BUCKETS) is not None and np.array_equal(to_groups(p, BUCKETS), p)
+    assert estimate_ages(p, BUCKETS) is None
+
+
+def test_the_estimate_is_the_expected_age_and_the_interval_holds_the_central_80_percent():
+    estimate = estimate_age(uniform_over(20, 29))  # ten equally likely ages
+    assert estimate.estimate == pytest.approx(24.5)
+    assert (estimate.low, estimate.high) == (20, 28)  # 10% below 20.x; 90% reached at 28
+    peaked = np.zeros(MAX_AGE + 1)
+    peaked[7] = 1.0
+    single = estimate_age(peaked)
+    assert (single.estimate, single.low, single.high) == (7.0, 7, 7)
+    assert single.to_json() == {"estimate": 7.0, "interval": [7, 7]}
+
+
+def test_ages_above_the_grid_count_as_its_last_age():
+    assert clamp_age(116) == MAX_AGE and clamp_age(0) == 0 and clamp_age(35) == 35
+
+
+def test_the_degraded_copy_of_a_file_is_fixed_by_its_name_whatever_the_random_state():
+    from agegroup.training.degrade import degrade, degraded_copy
+
+    face = Image.fromarray(synthetic_faces(1, 200, seed=4)[0])
+    random.seed(1)
+    first = np.asarray(degraded_copy(face, "34_0_1_2017.jpg.chip.jpg"))
+    random.seed(2)
+    again = np.asarray(degraded_copy(face, "34_0_1_2017.jpg.chip.jpg"))
+    other = np.asarray(degraded_copy(face, "35_0_1_2017.jpg.chip.jpg"))
+    assert first.shape == (200, 200, 3) and np.array_equal(first, again)
+    assert not np.array_equal(first, np.asarray(face))  # at least one corruption applied
+    assert not np.array_equal(first, other)
+    # Every corruption keeps the size and mode, at the training size too.
+    small = Image.fromarray(synthetic_faces(1, 96, seed=5)[0])
+    for seed in range(30):
+        out = degrade(small, random.Random(seed))
+        assert out.size == (96, 96) and out.mode == "RGB"
+
+
+def test_calibration_picks_a_prior_correction_for_a_biased_model_and_writes_it_into_the_layer():
+    from agegroup.training.calibrate import fit, rewrite_last_layer
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 7, 700)
+    # A model that knows the group but adds a pull towards 21-30's ages (the training prior).
+    logits = rng.normal(0, 1, (700, MAX_AGE + 1))
+    for i, group in enumerate(truth):
+        ages = [a for a in range(MAX_AGE + 1) if BUCKETS.index(to_label(a)) == group]
+        logits[i, ages] += 1.5
+    logits[:, 21:31] += 2.0
+    log_probs = torch.log_softmax(torch.tensor(logits), dim=1).numpy()
+    prior = np.array([0.12, 0.06, 0.33, 0.18, 0.09, 0.1, 0.12])
+    chosen = fit(log_probs, log_probs, truth, prior)
+    assert chosen["tau"] > 0
+    by_tau = {c["tau"]: c for c in chosen["candidates"]}
+    assert by_tau[chosen["tau"]]["balanced_accuracy"] > by_tau[0.0]["balanced_accuracy"]
+
+    head = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, MAX_AGE + 1, bias=False))
+    model = torch.nn.Sequential(torch.nn.Identity(), head)
+    x = torch.randn(3, 4)
+    before = model(x).detach()
+    rewrite_last_layer(model, chosen["offset"], 1.7)
+    expected = (before + torch.as_tensor(chosen["offset"], dtype=torch.float32)) / 1.7
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def to_label(age: int) -> str:
+    from agegroup.buckets import bucket_for_age
+
+    return bucket_for_age(age)
+
+
+@pytest.fixture(scope="module")
+def age_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    from agegroup.lean import export_onnx
+
+    from conftest import export_tiny_learner
+
+    folder = tmp_path_factory.mktemp("age_model")
+    export_tiny_learner(folder / "export.pkl", ages=True)
+    export_onnx(folder / "export.pkl")
+    return folder
+
+
+@pytest.mark.parametrize("runtime", ["fastai", "onnx"])
+def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_model_dir, runtime):
+    from agegroup import create_app
+    from agegroup.config import Settings
+
+    from conftest import image_bytes
+
+    settings = Settings(
+        model_path=age_model_dir / "export.pkl", model_dir=age_model_dir, runtime=runtime
+    )
+    client = create_app(settings).test_client()
+    photo = Image.fromarray(synthetic_faces(1, 120, seed=3)[0])
+    response = client.post("/api/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")})
+    assert response.status_code == 200
+    face = response.get_json()["faces"][0]
+    probabilities = face["probabilities"]
+    assert list(probabilities) == list(BUCKETS)
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    age = face["age"]
+    low, high = age["interval"]
+    assert 0 <= low <= age["estimate"] <= high <= MAX_AGE
+    # The groups are sums over the same distribution: the groups the interval spans hold at
+    # least its 80% (what lies outside the interval is at most 20%).
+    spanned = BUCKETS[BUCKETS.index(to_label(low)) : BUCKETS.index(to_label(high)) + 1]
+    assert sum(probabilities[b] for b in spanned) >= 0.8 - 1e-6
+    page = client.post("/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")})
+    assert page.status_code == 200
+
+
+def test_the_onnx_twin_of_an_age_model_gives_the_learners_age_probabilities(age_model_dir):
+    from agegroup.lean import OnnxPredictor
+    from agegroup.predictor import FastaiPredictor
+
+    faces = [Image.fromarray(a) for a in synthetic_faces(4, 200, seed=8)]
+    ours = OnnxPredictor(age_model_dir / "export.onnx", age_model_dir)
+    theirs = FastaiPredictor(age_model_dir / "export.pkl", age_model_dir)
+    assert ours.info.classes == theirs.info.classes == AGE_CLASSES
+    a, b = ours.predict(faces), theirs.predict(faces)
+    assert a.shape == (4, MAX_AGE + 1) and np.abs(a - b).max() < 1e-4
+
+
+def io_bytes(data: bytes):
+    import io
+
+    return io.BytesIO(data)
