@@ -145,6 +145,7 @@ def _page_settings() -> dict[str, Any]:
         "work_size": settings.work_size,
         "upload_types": UPLOAD_TYPES,
         "examples": EXAMPLES,
+        "buckets": BUCKETS,
     }
 
 
@@ -199,7 +200,6 @@ def result_page() -> str:
         "result.html",
         result=result_view(data),
         result_json=data,
-        buckets=BUCKETS,
         **_page_settings(),
     )
 

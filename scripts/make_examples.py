@@ -32,10 +32,20 @@ def grace() -> Image.Image:
 
 
 def background(width: int, height: int, seed: int) -> Image.Image:
-    """Soft colour clutter: a stand-in for a room, with no face in it."""
-    coarse = np.random.default_rng(seed).integers(60, 220, (height // 40, width // 40, 3), np.uint8)
+    """A soft, muted wall: a stand-in for a room, with no face in it."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(150, 215, (height // 100, width // 100, 3), np.uint8)
+    coarse[..., 2] = np.minimum(255, coarse[..., 2] + 25)  # a cool tint
     image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
-    return image.filter(ImageFilter.GaussianBlur(6))
+    return image.filter(ImageFilter.GaussianBlur(20))
+
+
+def soft_mask(side: int) -> Image.Image:
+    """An ellipse with a feathered edge, so a pasted face blends into the background."""
+    mask = Image.new("L", (side, side), 0)
+    inset = side // 12
+    ImageDraw.Draw(mask).ellipse((inset, inset // 2, side - inset, side - inset // 2), fill=255)
+    return mask.filter(ImageFilter.GaussianBlur(side / 20))
 
 
 def group(face_source: Image.Image) -> Image.Image:
@@ -48,7 +58,7 @@ def group(face_source: Image.Image) -> Image.Image:
         one = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else face
         if grey:
             one = one.convert("L").convert("RGB")
-        photo.paste(one.resize((side, side), Image.Resampling.LANCZOS), (x, y))
+        photo.paste(one.resize((side, side), Image.Resampling.LANCZOS), (x, y), soft_mask(side))
     return photo
 
 

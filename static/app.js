@@ -265,6 +265,7 @@
   // Box labels stay LABEL_PX high on screen, whatever the photo's size.
   function fitLabels(svg) {
     const width = svg.viewBox.baseVal.width;
+    const height = svg.viewBox.baseVal.height;
     const shown = svg.getBoundingClientRect().width;
     if (!shown) return;
     const size = (LABEL_PX * width) / shown;
@@ -272,15 +273,18 @@
       const box = group.querySelector(".box");
       const tag = group.querySelector(".tag");
       const label = group.querySelector(".label");
-      const x = box.x.baseVal.value;
-      const y = box.y.baseVal.value;
-      const tagY = y >= size * 1.5 ? y - size * 1.5 : y;
       label.setAttribute("font-size", size.toFixed(2));
+      const tagWidth = label.getComputedTextLength() + size * 0.8;
+      // Above the box when there is room, else inside it; never past the photo's edges.
+      const x = Math.max(0, Math.min(box.x.baseVal.value, width - tagWidth));
+      const y = box.y.baseVal.value;
+      const tagY = Math.min(y >= size * 1.5 ? y - size * 1.5 : y, height - size * 1.5);
       label.setAttribute("x", (x + size * 0.4).toFixed(2));
       label.setAttribute("y", (tagY + size * 1.1).toFixed(2));
+      tag.setAttribute("x", x.toFixed(2));
       tag.setAttribute("y", tagY.toFixed(2));
       tag.setAttribute("height", (size * 1.5).toFixed(2));
-      tag.setAttribute("width", (label.getComputedTextLength() + size * 0.8).toFixed(2));
+      tag.setAttribute("width", tagWidth.toFixed(2));
     });
   }
 
