@@ -19,6 +19,9 @@ from agegroup.predictor import predict_flip_averaged
 from conftest import export_tiny_learner, image_bytes, synthetic_faces
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def post(client, data: bytes | None, url: str = "/api/predict", name: str = "photo.jpg"):
     form = {} if data is None else {"image": (io.BytesIO(data), name)}
     return client.post(url, data=form, content_type="multipart/form-data")
@@ -172,6 +175,39 @@ def test_a_result_link_round_trips_and_shows_the_age_in_years_when_present(clien
     assert "about 34" not in client.get(f"/result?r={encode_link(_link_json())}").get_data(
         as_text=True
     )
+
+
+def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
+    """gunicorn.conf.py refuses request lines over 4094 bytes; 20 faces with ages stay far below."""
+    import gunicorn.config
+
+    from agegroup.pages import encode_link
+
+    rng = np.random.default_rng(0)
+    data = _link_json()
+    data["image"] = {"width": 9000, "height": 9000}
+    data["faces"] = [
+        {
+            "box": [int(v) for v in rng.integers(1000, 8000, 4)],
+            "face_found": True,
+            "low_resolution": False,
+            "probabilities": dict(zip(BUCKETS, rng.dirichlet(np.ones(7)).round(4), strict=True)),
+            "age": {"estimate": round(rng.uniform(1, 90), 1), "interval": [20, 80]},
+        }
+        for _ in range(20)
+    ]
+    for face in data["faces"]:  # rounding may leave the sum off by up to 0.00035
+        face["probabilities"] = {k: float(v) for k, v in face["probabilities"].items()}
+    line = f"GET /result?r={encode_link(data)} HTTP/1.1"
+    limit = gunicorn.config.Config().limit_request_line
+    conf: dict = {}
+    exec((ROOT / "gunicorn.conf.py").read_text(), conf)
+    assert len(line) < min(limit, conf["limit_request_line"]) / 2
+    # The access log shows the path, never the query string that carries the numbers.
+    assert "%(U)s" in conf["access_log_format"]
+    assert not any(f"%({k})s" in conf["access_log_format"] for k in ("r", "q", "f"))
+    html = client.get(line.split()[1]).get_data(as_text=True)
+    assert html.count('<a class="face-box') == 20
 
 
 @pytest.mark.parametrize(
