@@ -18,7 +18,6 @@ from agegroup.predictor import predict_flip_averaged
 
 from conftest import export_tiny_learner, image_bytes, synthetic_faces
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
