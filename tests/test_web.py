@@ -144,18 +144,13 @@ def test_the_form_post_redirects_to_a_result_link_that_renders_the_answer(client
 
 
 def _link_json(**face_changes) -> dict:
-    face = {
-        "box": [10, 20, 50, 50],
-        "face_found": True,
-        "low_resolution": False,
-        "bucket": "31-40",
-        "confidence": 0.4,
-        "probabilities": dict(zip(BUCKETS, [0.05, 0.1, 0.2, 0.4, 0.15, 0.05, 0.05], strict=True)),
-    }
+    """An API answer as a result link carries it: the OpenAPI document's one-face example."""
+    from agegroup.openapi import EXAMPLE_FACE
+
     return {
         "model": {"name": "m", "version": "1"},
-        "image": {"width": 200, "height": 100},
-        "faces": [face | face_changes],
+        "image": {"width": 1200, "height": 800},
+        "faces": [EXAMPLE_FACE | face_changes],
         "elapsed_ms": 12.0,
     }
 
@@ -170,7 +165,7 @@ def test_a_result_link_round_trips_and_shows_the_age_in_years_when_present(clien
     assert decoded == data | {"faces": [kept]}
     html = client.get(f"/result?r={encode_link(data)}").get_data(as_text=True)
     assert "about 34, likely 28-41" in html
-    assert "<title>1 face: 31-40 - Age group detector</title>" in html
+    assert "<title>1 face: 21-30 - Age group detector</title>" in html
     assert "about 34" not in client.get(f"/result?r={encode_link(_link_json())}").get_data(
         as_text=True
     )
@@ -212,7 +207,7 @@ def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
 @pytest.mark.parametrize(
     "change",
     [
-        {"box": [500, 20, 50, 50]},  # outside the photo
+        {"box": [1300, 20, 50, 50]},  # outside the photo
         {"probabilities": dict.fromkeys(BUCKETS, 0.5)},  # does not sum to 1
         {"probabilities": {"0-10": 1.0}},  # groups missing
         {"box": None},  # face_found without a box
