@@ -234,26 +234,31 @@
     return element.getAttribute("data-face");
   }
 
-  function setActive(number) {
-    document.querySelectorAll(".face-box, .face").forEach((element) => {
-      element.classList.toggle("active", number !== null && faceNumber(element) === number);
-    });
-  }
-
+  // A face is highlighted (box and card) while hovered or focused, and once clicked or tapped
+  // it stays highlighted until another is.
   function linkBoxesAndCards(section) {
+    let pinned = null;
+    let hovered = null;
+    const paint = () => {
+      section.querySelectorAll(".face-box, .face").forEach((element) => {
+        const number = faceNumber(element);
+        element.classList.toggle("active", number === pinned || number === hovered);
+      });
+    };
     section.querySelectorAll(".face-box, .face[data-box]").forEach((element) => {
       const number = faceNumber(element);
-      element.addEventListener("mouseenter", () => setActive(number));
-      element.addEventListener("mouseleave", () => setActive(null));
-      element.addEventListener("focusin", () => setActive(number));
-      element.addEventListener("focusout", () => setActive(null));
+      const hover = (on) => () => { hovered = on ? number : null; paint(); };
+      element.addEventListener("mouseenter", hover(true));
+      element.addEventListener("mouseleave", hover(false));
+      element.addEventListener("focusin", hover(true));
+      element.addEventListener("focusout", hover(false));
       element.addEventListener("click", (event) => {
         if (event.target.closest("summary")) return;
-        setActive(number);
+        pinned = number;
+        paint();
         if (element.classList.contains("face-box")) {
           event.preventDefault(); // no #face-n history entry: Back leaves the result
-          const card = byId("face-" + number);
-          card.scrollIntoView({ block: "nearest" });
+          byId("face-" + number).scrollIntoView({ block: "nearest" });
         } else {
           const box = section.querySelector('.face-box[data-face="' + number + '"]');
           if (box) box.scrollIntoView({ block: "nearest" });

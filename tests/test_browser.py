@@ -155,7 +155,14 @@ def _watch(page: Any) -> PageLog:
         lambda m: m.type == "error" and log.console_errors.append(f"{m.text} at {m.location}"),
     )
     page.on("pageerror", lambda error: log.page_errors.append(str(error)))
-    page.on("requestfailed", lambda r: log.failed_requests.append(f"{r.url} {r.failure}"))
+    # A preview replaced or cleared while it still loads cancels its blob: read: not a failure.
+    page.on(
+        "requestfailed",
+        lambda r: (
+            (r.url.startswith("blob:") and "ERR_ABORTED" in (r.failure or ""))
+            or log.failed_requests.append(f"{r.url} {r.failure}")
+        ),
+    )
     page.on(
         "response",
         lambda r: r.status >= 400 and log.failed_requests.append(f"{r.status} {r.url}"),
