@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,12 +150,15 @@ def _page_settings() -> dict[str, Any]:
     }
 
 
-def _analyze(data: bytes) -> dict[str, Any]:
-    """The API answer for one photo: rounded, in age order."""
+def _analyze(read: Callable[[], bytes]) -> dict[str, Any]:
+    """The API answer for the photo that ``read`` returns: rounded, in age order.
+
+    The model is checked first: without one, the answer is 503 whatever was sent.
+    """
     started = time.perf_counter()
     state = _state()
     predictor = state.require_predictor()
-    decoded = _decode(data)
+    decoded = _decode(read())
     result = analyze(decoded, predictor, started, state.detector)
     return shaped_json(result.to_json(predictor.info))
 
@@ -188,8 +192,7 @@ def predict_page() -> Response:
     Post/redirect/get: Back and reload never resubmit, and nothing is stored on the server,
     because the result travels in the link itself (not the photo: it is never kept).
     """
-    data = _read_example()
-    result = _analyze(data if data is not None else _read_upload())
+    result = _analyze(lambda: _read_example() or _read_upload())
     return redirect(url_for("web.result_page", r=encode_link(result)), code=303)
 
 
@@ -206,7 +209,7 @@ def result_page() -> str:
 
 @bp.post("/api/predict")
 def predict_api() -> Response:
-    return jsonify(_analyze(_read_upload()))
+    return jsonify(_analyze(_read_upload))
 
 
 @bp.get("/api")
