@@ -58,6 +58,19 @@ def test_index_has_an_upload_form_that_works_without_javascript(client):
     assert "never stored" in html  # the privacy promise is on the page
 
 
+def test_the_form_tells_the_script_the_servers_own_limits(client, settings):
+    """The browser checks type and size before uploading, with exactly the server's limits."""
+    from agegroup.images import ALLOWED_FORMATS
+
+    html = client.get("/").get_data(as_text=True)
+    assert f'data-max-bytes="{settings.max_upload_bytes}"' in html
+    assert f'data-work-size="{settings.work_size}"' in html
+    types = html.split('data-types="')[1].split('"')[0].split(",")
+    assert {t.split("/")[1].upper() for t in types} == ALLOWED_FORMATS - {"MPO"}
+    # The phone camera field is off without the script, so the plain form sends one file.
+    assert 'capture="user" disabled' in html
+
+
 def test_healthz_names_the_loaded_model(client):
     response = client.get("/healthz")
     assert response.status_code == 200
