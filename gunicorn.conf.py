@@ -32,9 +32,10 @@ graceful_timeout = 20
 keepalive = 5
 # The model is loaded in each worker after the fork (preloading torch before fork can hang).
 preload_app = False
-# Request line only: never the upload itself.
+# Method and path only: never the upload, nor the query string (a result link carries the
+# numbers of a prediction in it).
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 max_requests = 0
 # Headers are small for this app: refuse oversized request lines and header floods early.
 limit_request_line = 4094

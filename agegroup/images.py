@@ -23,7 +23,7 @@ ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
 # The decoders Pillow may try, in order; the JPEG decoder also recognises MPO files.
 _OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
-_UNSUPPORTED = "This file type is not supported. Please upload a JPEG, PNG, WebP or GIF photo."
+_UNSUPPORTED = "This file type is not supported. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
 
 # Decoded pixels above this many bytes count as a big decode; only one runs at a time per
 # process, so a few concurrent 50-megapixel PNGs cannot add up past a 512 MB memory budget.

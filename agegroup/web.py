@@ -2,28 +2,57 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException
 
 from agegroup.analysis import analyze
 from agegroup.buckets import BUCKETS
-from agegroup.config import Settings
+from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
 from agegroup.images import DecodedImage, decode_upload
+from agegroup.openapi import openapi_spec
+from agegroup.pages import decode_link, encode_link, result_view, shaped_json
 from agegroup.predictor import Predictor
 
 log = logging.getLogger(__name__)
 bp = Blueprint("web", __name__)
 
-PREVIEW_SIZE = 960
+# The MIME types the server decodes (agegroup.images.ALLOWED_FORMATS); the page script checks
+# a file against them before uploading it.
+UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
+EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A bundled photo to try (sources and licenses: static/examples/LICENSE.md)."""
+
+    name: str
+    file: str
+    title: str
+
+
+EXAMPLES = (
+    Example("grace-hopper", "grace-hopper.jpg", "Grace Hopper, 1984"),
+    Example("group", "group.jpg", "A group of five"),
+    Example("no-face", "no-face.jpg", "No face at all"),
+)
 
 
 @dataclass
@@ -45,13 +74,37 @@ def _state() -> AppState:
     return current_app.extensions["agegroup"]
 
 
+# Machine-facing paths: their errors are JSON, and CORS may be allowed on them.
+JSON_PATHS = ("/api", "/healthz", "/openapi.json")
+
+
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path.startswith("/api/") or request.path in JSON_PATHS
+
+
+@bp.record_once
+def _keep_key_order(state: Any) -> None:
+    """JSON keys in the order they were built: probabilities in age order, as documented."""
+    state.app.json.sort_keys = False
+
+
+@bp.after_app_request
+def _allow_named_origins(response: Response) -> Response:
+    """CORS on the JSON paths, only for origins that ``AGE_CORS_ORIGINS`` names (default none)."""
+    origin = request.headers.get("Origin")
+    if origin and _wants_json() and origin in _state().settings.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    response.vary.add("Origin")
+    return response
 
 
 def _read_upload() -> bytes:
     """The bytes of the single file in the form field ``image``."""
-    files = request.files.getlist("image")
+    # An empty file input (the phone camera field beside the file field) sends an empty part.
+    files = [f for f in request.files.getlist("image") if not _empty_unnamed(f)]
     if not files:
         raise NoImage("No photo was uploaded: send one file in the form field 'image'.")
     if len(files) > 1:
@@ -65,6 +118,15 @@ def _read_upload() -> bytes:
     return data
 
 
+def _empty_unnamed(file: Any) -> bool:
+    """An unused file field: no file name and no bytes (the stream is in memory, so rewound)."""
+    if file.filename:
+        return False
+    empty = not file.stream.read(1)
+    file.stream.seek(0)
+    return empty
+
+
 def _too_large_message() -> str:
     mb = _state().settings.max_upload_mb
     return f"The upload is larger than the limit of {mb:g} MB."
@@ -75,13 +137,41 @@ def _decode(data: bytes) -> DecodedImage:
     return decode_upload(data, settings.max_pixels, settings.work_size)
 
 
-def _inline_photo(image: Any) -> str:
-    """A data URL of a small JPEG copy: the photo is shown without ever being stored."""
-    preview = image.copy()
-    preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-    buffer = io.BytesIO()
-    preview.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def _page_settings() -> dict[str, Any]:
+    """What every page with an upload form needs: the limits the script checks before upload."""
+    settings = _state().settings
+    return {
+        "max_upload_mb": settings.max_upload_mb,
+        "max_upload_bytes": settings.max_upload_bytes,
+        "work_size": settings.work_size,
+        "upload_types": UPLOAD_TYPES,
+        "examples": EXAMPLES,
+        "buckets": BUCKETS,
+    }
+
+
+def _analyze(read: Callable[[], bytes]) -> dict[str, Any]:
+    """The API answer for the photo that ``read`` returns: rounded, in age order.
+
+    The model is checked first: without one, the answer is 503 whatever was sent.
+    """
+    started = time.perf_counter()
+    state = _state()
+    predictor = state.require_predictor()
+    decoded = _decode(read())
+    result = analyze(decoded, predictor, started, state.detector)
+    return shaped_json(result.to_json(predictor.info))
+
+
+def _read_example() -> bytes | None:
+    """The bytes of a bundled example photo named by the form field ``example``, if any."""
+    name = request.form.get("example")
+    if name is None:
+        return None
+    example = next((e for e in EXAMPLES if e.name == name), None)
+    if example is None:
+        raise BadRequest("There is no example photo of that name.")
+    return (EXAMPLES_DIR / example.file).read_bytes()
 
 
 @bp.get("/")
@@ -91,34 +181,46 @@ def index() -> str:
         "index.html",
         model=state.predictor.info if state.predictor else None,
         load_error=state.load_error,
-        max_upload_mb=state.settings.max_upload_mb,
+        **_page_settings(),
     )
 
 
 @bp.post("/predict")
-def predict_page() -> str:
-    started = time.perf_counter()
-    state = _state()
-    predictor = state.require_predictor()
-    decoded = _decode(_read_upload())
-    result = analyze(decoded, predictor, started, state.detector)
+def predict_page() -> Response:
+    """The form post without scripts: predict, then redirect to a GET page that holds the result.
+
+    Post/redirect/get: Back and reload never resubmit, and nothing is stored on the server,
+    because the result travels in the link itself (not the photo: it is never kept).
+    """
+    result = _analyze(lambda: _read_example() or _read_upload())
+    return redirect(url_for("web.result_page", r=encode_link(result)), code=303)
+
+
+@bp.get("/result")
+def result_page() -> str:
+    data = decode_link(request.args.get("r", ""))
     return render_template(
         "result.html",
-        result=result,
-        buckets=BUCKETS,
-        photo_url=_inline_photo(decoded.image),
-        model=predictor.info,
-        max_upload_mb=state.settings.max_upload_mb,
+        result=result_view(data),
+        result_json=data,
+        **_page_settings(),
     )
 
 
 @bp.post("/api/predict")
 def predict_api() -> Response:
-    started = time.perf_counter()
+    return jsonify(_analyze(_read_upload))
+
+
+@bp.get("/api")
+def api_page() -> str:
+    return render_template("api.html", **_page_settings())
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
     state = _state()
-    predictor = state.require_predictor()
-    decoded = _decode(_read_upload())
-    return jsonify(analyze(decoded, predictor, started, state.detector).to_json(predictor.info))
+    return jsonify(openapi_spec(state.settings.max_upload_mb, request.host_url.rstrip("/")))
 
 
 @bp.get("/healthz")
@@ -137,7 +239,10 @@ def _error_json(code: str, message: str, status: int) -> tuple[Response, int]:
 def _error_response(code: str, message: str, status: int) -> tuple[Any, int]:
     if _wants_json():
         return _error_json(code, message, status)
-    return render_template("error.html", code=code, message=message, status=status), status
+    page = render_template(
+        "error.html", code=code, message=message, status=status, **_page_settings()
+    )
+    return page, status
 
 
 @bp.app_errorhandler(AppError)

@@ -18,6 +18,8 @@ from agegroup.predictor import predict_flip_averaged
 
 from conftest import export_tiny_learner, image_bytes, synthetic_faces
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def post(client, data: bytes | None, url: str = "/api/predict", name: str = "photo.jpg"):
     form = {} if data is None else {"image": (io.BytesIO(data), name)}
@@ -56,6 +58,19 @@ def test_index_has_an_upload_form_that_works_without_javascript(client):
     assert "never stored" in html  # the privacy promise is on the page
 
 
+def test_the_form_tells_the_script_the_servers_own_limits(client, settings):
+    """The browser checks type and size before uploading, with exactly the server's limits."""
+    from agegroup.images import ALLOWED_FORMATS
+
+    html = client.get("/").get_data(as_text=True)
+    assert f'data-max-bytes="{settings.max_upload_bytes}"' in html
+    assert f'data-work-size="{settings.work_size}"' in html
+    types = html.split('data-types="')[1].split('"')[0].split(",")
+    assert {t.split("/")[1].upper() for t in types} == ALLOWED_FORMATS - {"MPO"}
+    # The phone camera field is off without the script, so the plain form sends one file.
+    assert 'capture="user" disabled' in html
+
+
 def test_healthz_names_the_loaded_model(client):
     response = client.get("/healthz")
     assert response.status_code == 200
@@ -79,9 +94,15 @@ def test_api_predict_returns_the_documented_schema(client, face_jpeg):
         probabilities = face["probabilities"]
         assert list(probabilities) == list(BUCKETS)  # every group, in age order
         assert all(0.0 <= p <= 1.0 for p in probabilities.values())
-        assert abs(sum(probabilities.values()) - 1.0) < 1e-6
+        # Rounded to 4 decimals, so seven of them sum to 1 within 7 x 0.00005.
+        assert all(p == round(p, 4) for p in probabilities.values())
+        assert abs(sum(probabilities.values()) - 1.0) <= 0.00035 + 1e-9
         assert face["bucket"] == max(probabilities, key=probabilities.get)
-        assert face["confidence"] == pytest.approx(probabilities[face["bucket"]], abs=1e-6)
+        assert face["confidence"] == probabilities[face["bucket"]]
+    # In age order in the text itself, not only once parsed.
+    text = response.get_data(as_text=True)
+    positions = [text.index(f'"{bucket}":') for bucket in BUCKETS]
+    assert positions == sorted(positions)
 
 
 def test_api_matches_the_learners_own_predict(app, client, face_jpeg):
@@ -107,21 +128,168 @@ def test_a_face_and_its_mirror_image_get_the_same_answer(app):
     assert predict_flip_averaged(predictor, []).shape == (0, 7)
 
 
-def test_result_page_shows_photo_group_and_seven_bars_in_order(client, face_jpeg):
+def result_page(client, data: bytes, name: str = "photo.jpg"):
+    """Post the form like a browser without scripts and follow the redirect to the result."""
+    response = post(client, data, url="/predict", name=name)
+    assert response.status_code == 303, response.data[:300]
+    location = response.headers["Location"]
+    assert location.startswith("/result?r=")
+    return client.get(location)
+
+
+def test_the_form_post_redirects_to_a_result_link_that_renders_the_answer(client, face_jpeg):
+    """Post/redirect/get: reload and Back never resubmit, and the link can be shared."""
     api = post(client, face_jpeg).get_json()["faces"][0]
-    response = post(client, face_jpeg, url="/predict")
+    response = result_page(client, face_jpeg)
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    assert 'src="data:image/jpeg;base64,' in html  # shown inline, never stored
+    assert "<h1" in html
     assert f'id="predicted-bucket-1">{api["bucket"]}<' in html
     positions = [html.index(f'data-bucket="{bucket}"') for bucket in BUCKETS]
     assert positions == sorted(positions)
-    assert html.count('class="bar winner"') == len(api and [api])
+    assert html.count('class="bar winner"') == 1
     winner = html.index('class="bar winner"')
     assert html[winner:].index(f'data-bucket="{api["bucket"]}"') < 40
     for bucket, p in api["probabilities"].items():
         assert f"{p * 100:.1f}%" in html, bucket
-    assert html.count('name="image"') == 1  # a form to try another photo
+    assert html.count('id="image-input"') == 1  # a form to try another photo
+    assert "base64" not in html  # the photo is in neither the link nor the page
+
+
+def _link_json(**face_changes) -> dict:
+    """An API answer as a result link carries it: the OpenAPI document's one-face example."""
+    from agegroup.openapi import EXAMPLE_FACE
+
+    return {
+        "model": {"name": "m", "version": "1"},
+        "image": {"width": 1200, "height": 800},
+        "faces": [EXAMPLE_FACE | face_changes],
+        "elapsed_ms": 12.0,
+    }
+
+
+def test_a_result_link_round_trips_and_shows_the_age_in_years_when_present(client):
+    from agegroup.pages import decode_link, encode_link
+
+    data = _link_json(age={"estimate": 34.2, "interval": [28, 41]})
+    decoded = decode_link(encode_link(data))
+    # The link carries the numbers, not what follows from them (bucket and confidence).
+    kept = {k: v for k, v in data["faces"][0].items() if k not in ("bucket", "confidence")}
+    assert decoded == data | {"faces": [kept]}
+    html = client.get(f"/result?r={encode_link(data)}").get_data(as_text=True)
+    assert "about 34, likely 28-41" in html
+    assert "<title>1 face: 21-30 - Age group detector</title>" in html
+    assert "about 34" not in client.get(f"/result?r={encode_link(_link_json())}").get_data(
+        as_text=True
+    )
+
+
+def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
+    """gunicorn.conf.py refuses request lines over 4094 bytes; 20 faces with ages stay far below."""
+    import gunicorn.config
+
+    from agegroup.pages import encode_link
+
+    rng = np.random.default_rng(0)
+    data = _link_json()
+    data["image"] = {"width": 9000, "height": 9000}
+    data["faces"] = [
+        {
+            "box": [int(v) for v in rng.integers(1000, 8000, 4)],
+            "face_found": True,
+            "low_resolution": False,
+            "probabilities": dict(zip(BUCKETS, rng.dirichlet(np.ones(7)).round(4), strict=True)),
+            "age": {"estimate": round(rng.uniform(1, 90), 1), "interval": [20, 80]},
+        }
+        for _ in range(20)
+    ]
+    for face in data["faces"]:  # rounding may leave the sum off by up to 0.00035
+        face["probabilities"] = {k: float(v) for k, v in face["probabilities"].items()}
+    line = f"GET /result?r={encode_link(data)} HTTP/1.1"
+    limit = gunicorn.config.Config().limit_request_line
+    conf: dict = {}
+    exec((ROOT / "gunicorn.conf.py").read_text(), conf)
+    assert len(line) < min(limit, conf["limit_request_line"]) / 2
+    # The access log shows the path, never the query string that carries the numbers.
+    assert "%(U)s" in conf["access_log_format"]
+    assert not any(f"%({k})s" in conf["access_log_format"] for k in ("r", "q", "f"))
+    html = client.get(line.split()[1]).get_data(as_text=True)
+    assert html.count('<a class="face-box') == 20
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"box": [1300, 20, 50, 50]},  # outside the photo
+        {"probabilities": dict.fromkeys(BUCKETS, 0.5)},  # does not sum to 1
+        {"probabilities": {"0-10": 1.0}},  # groups missing
+        {"box": None},  # face_found without a box
+        {"age": {"estimate": "old"}},
+    ],
+)
+def test_a_tampered_result_link_is_a_clear_400(client, change):
+    from agegroup.pages import encode_link
+
+    response = client.get(f"/result?r={encode_link(_link_json(**change))}")
+    assert response.status_code == 400
+    assert 'data-code="bad_result_link"' in response.get_data(as_text=True)
+    for junk in ["", "abc", "!!!!", "A" * 7000]:
+        assert client.get(f"/result?r={junk}").status_code == 400
+
+
+def test_no_face_leads_with_no_face_found_and_keeps_the_guess_secondary(client):
+    from agegroup.pages import encode_link
+
+    data = _link_json(box=None, face_found=False)
+    html = client.get(f"/result?r={encode_link(data)}").get_data(as_text=True)
+    assert '<h1 id="result-title" tabindex="-1">No face found</h1>' in html
+    assert "<title>No face found - Age group detector</title>" in html
+    assert "closer" in html and "brighter" in html
+    # The guess is inside a closed <details>, labelled unreliable, after the advice.
+    details = html.index('<details class="fallback-guess"')
+    assert html.index("What to try") < details < html.index('class="bucket"')
+    assert "unreliable" in html[details : details + 300]
+
+
+def test_an_example_photo_can_be_tried_without_a_file(client):
+    response = client.post("/predict", data={"example": "grace-hopper"})
+    assert response.status_code == 303
+    html = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "1 face:" in html
+    assert client.post("/predict", data={"example": "../../etc/passwd"}).status_code == 400
+    index = client.get("/").get_data(as_text=True)
+    for name in ("grace-hopper", "group", "no-face"):
+        assert f'value="{name}"' in index
+        assert client.get(f"/static/examples/{name}.jpg").status_code == 200
+
+
+def test_api_page_links_the_openapi_document(client):
+    html = client.get("/api").get_data(as_text=True)
+    assert "<h1>JSON API</h1>" in html and 'href="/openapi.json"' in html
+    assert client.get("/openapi.json").get_json()["openapi"].startswith("3.")
+
+
+def test_cors_is_off_by_default_and_on_for_named_origins(settings, app, face_jpeg):
+    origin = {"Origin": "https://example.org"}
+    plain = app.test_client().get("/healthz", headers=origin)
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    allowed = Settings(**{**settings.__dict__, "cors_origins": ("https://example.org",)})
+    client = create_app(allowed, predictor=app.extensions["agegroup"].predictor).test_client()
+    response = client.get("/healthz", headers=origin)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://example.org"
+    preflight = client.options("/api/predict", headers=origin)
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://example.org"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    other = client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in client.get("/", headers=origin).headers
+
+
+def test_cors_origins_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AGE_CORS_ORIGINS", "https://a.example, https://b.example/")
+    assert Settings.from_env().cors_origins == ("https://a.example", "https://b.example")
+    monkeypatch.delenv("AGE_CORS_ORIGINS")
+    assert Settings.from_env().cors_origins == ()
 
 
 def test_every_response_carries_security_headers(client):
@@ -160,7 +328,8 @@ def test_html_errors_are_pages_with_the_message(client):
     html = response.get_data(as_text=True)
     assert response.status_code == 415
     assert "text/html" in response.headers["Content-Type"]
-    assert "JPEG, PNG, WebP or GIF" in html and "Traceback" not in html
+    assert "JPEG, PNG, WebP, GIF or BMP" in html and "Traceback" not in html
+    assert 'id="upload-form"' in html and "<h1" in html  # the error page carries the form
 
 
 def test_truncated_jpeg_is_422(client, face_jpeg):
@@ -266,6 +435,8 @@ def test_two_image_fields_are_400(client, face_jpeg):
 def test_wrong_method_and_unknown_path_get_clean_errors(client):
     assert_json_error(client.get("/api/predict"), 405, "method_not_allowed")
     assert_json_error(client.get("/api/nothing"), 404, "not_found")
+    assert_json_error(client.post("/api"), 405, "method_not_allowed")
+    assert_json_error(client.delete("/openapi.json"), 405, "method_not_allowed")
     page = client.get("/nowhere")
     assert page.status_code == 404 and "text/html" in page.headers["Content-Type"]
 
