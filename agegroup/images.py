@@ -400,8 +400,6 @@ def decode_upload(
                 raise CorruptImage(
                     "The image file is damaged or truncated and cannot be read."
                 ) from exc
-            finally:
-                image.close()
     finally:
         if cost.bytes > TRIM_AFTER_BYTES:
             release_memory()
