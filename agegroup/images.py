@@ -60,6 +60,9 @@ VIPS_MIN_PIXELS = 4_000_000
 # both ways: interlaced PNGs, animations and panoramas (a 50000 x 1000 PNG held 187 MB) are
 # decoded whole, so they keep Pillow's path and its cost.
 VIPS_MAX_ASPECT = 3.0
+# Memory that analysing a decoded image takes (detection pyramid, crops, the answer), per pixel
+# of the work-size image: about 40 MB for 1600 x 1600 in the 16-client stress run.
+ANALYSIS_BYTES_PER_PIXEL = 16
 # After a decode estimated above this, freed memory is handed back to the system at once.
 TRIM_AFTER_BYTES = 32 * MB
 
@@ -197,10 +200,11 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
     """Memory the decode of an opened (header-only, JPEG already drafted) image will take.
 
     Pillow: the full-size pixels, a reduced copy of at most a quarter (with a margin: 1.35
-    copies in all), and the work-size copies of shrinking, turning and converting. WebP adds libwebp's two canvases and a bytes copy
-    (4 bytes each per pixel), a progressive JPEG its coefficient buffers (2 bytes per sample,
-    whatever the draft scale). libvips streams the rows: a fraction of a byte per pixel. The
-    upload itself is held twice meanwhile (the form's copy and ``data``).
+    copies in all), and the work-size copies of shrinking, turning and converting. WebP adds
+    libwebp's two canvases and a bytes copy (4 bytes each per pixel), a progressive JPEG its
+    coefficient buffers (2 bytes per sample, whatever the draft scale). libvips streams the
+    rows: a fraction of a byte per pixel. The upload itself is held twice meanwhile (the
+    form's copy and ``data``).
     """
     width, height = image.size
     pixels = width * height

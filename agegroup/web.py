@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from agegroup.analysis import analyze
@@ -17,7 +17,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
-from agegroup.images import DecodedImage, decode_upload, shared_budget
+from agegroup.images import ANALYSIS_BYTES_PER_PIXEL, DecodedImage, decode_upload, shared_budget
 from agegroup.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,19 @@ def _too_large_message() -> str:
 def _decode(data: bytes) -> DecodedImage:
     settings = _state().settings
     budget = shared_budget(settings.decode_budget_bytes, settings.decode_wait_s)
-    return decode_upload(data, settings.max_pixels, settings.work_size, budget)
+    decoded = decode_upload(data, settings.max_pixels, settings.work_size, budget)
+    # Detection, crops and the answer also need memory: held in the budget until the response.
+    hold = budget.reserve(decoded.image.width * decoded.image.height * ANALYSIS_BYTES_PER_PIXEL)
+    hold.__enter__()
+    g.memory_hold = hold
+    return decoded
+
+
+@bp.teardown_app_request
+def _release_memory_hold(_error: BaseException | None) -> None:
+    hold = g.pop("memory_hold", None)
+    if hold is not None:
+        hold.__exit__(None, None, None)
 
 
 def _inline_photo(image: Any) -> str:
