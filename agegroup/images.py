@@ -214,12 +214,14 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
     fixed = work_pixels * 4 * (4 if alpha else 3) + 2 * data_size
     if _use_vips(image):
         depth = 2 if image.mode.startswith("I;16") else 1
-        return DecodeCost(_bands(image) * depth / 4, 16 * MB + fixed, pixels, True)
+        return DecodeCost(_bands(image) * depth / 4, 24 * MB + fixed, pixels, True)
     original = getattr(image, "_size_before_draft", image.size)
     original_pixels = original[0] * original[1]
     per_pixel = _stored_bytes(image.mode) * 1.35 * pixels / original_pixels
-    if alpha and max(image.size) > 2 * work_size:
+    if image.mode in ("RGBA", "LA", "PA") and max(image.size) > 2 * work_size:
         fixed += 4 * 4 * work_size * work_size  # sampled down to twice the work size first
+    elif image.mode in ("RGBA", "LA", "PA") and max(image.size) > work_size:
+        per_pixel += 4  # a smooth resize premultiplies alpha on a full-size copy
     if image.mode.startswith("I") or image.mode == "F":
         fixed += work_pixels * 9  # the float64 scaling of 16-bit greys
     if image.format == "WEBP":

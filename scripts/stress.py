@@ -255,8 +255,10 @@ def burst(
     alone: list[list[list[float]]],
     rounds: int,
     seed: int,
+    per_client: int | None = None,
 ) -> dict:
-    """``clients`` threads, each sending every worst file ``rounds`` times, a photo after each."""
+    """``clients`` threads, each sending every worst file ``rounds`` times (or ``per_client`` of
+    them, in turn), a normal photo after each."""
     root = server.process.pid  # type: ignore[union-attr]
     statuses: Counter = Counter()
     problems: list[str] = []
@@ -267,6 +269,8 @@ def burst(
     def client(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
         plan = [w for _ in range(rounds) for w in worst]
+        if per_client is not None:
+            plan = [worst[(index * per_client + k) % len(worst)] for k in range(per_client)]
         rng.shuffle(plan)
         for name, data, allowed in plan:
             which = rng.randrange(len(photos))
@@ -347,6 +351,7 @@ def run_stress(
     rounds: int = 2,
     photo_count: int = 8,
     seed: int = 0,
+    per_client: int | None = None,
 ) -> dict:
     """Every burst in turn, after one warm-up pass of normal photos."""
     made = time.monotonic()
@@ -361,7 +366,7 @@ def run_stress(
             raise RuntimeError(f"a normal photo got {status} when sent alone")
         alone.append(probabilities(body))
     resting, _ = server_mb(server.process.pid)  # type: ignore[union-attr]
-    bursts = [burst(server, c, worst, photos, alone, rounds, seed) for c in concurrency]
+    bursts = [burst(server, c, worst, photos, alone, rounds, seed, per_client) for c in concurrency]
     return {
         "settings": {
             "decode_budget_mb": settings.decode_budget_mb,
