@@ -27,7 +27,6 @@ import io
 import json
 import math
 import random
-import re
 import struct
 import sys
 import tempfile
@@ -44,38 +43,19 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
 
-from soak import BOUNDARY, GunicornServer, multipart, probabilities, valid_photos  # noqa: E402
+from soak import (  # noqa: E402
+    BOUNDARY,
+    GunicornServer,
+    multipart,
+    probabilities,
+    render_env,
+    settings_for,
+    valid_photos,
+)
 
 from agegroup.bench import percentile, proc_status, process_tree  # noqa: E402
 from agegroup.config import Settings  # noqa: E402
 from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost  # noqa: E402
-
-RENDER_YAML = PROJECT_ROOT / "render.yaml"
-
-
-# --- the deployed configuration ---------------------------------------------------------------
-def render_env(path: Path = RENDER_YAML) -> dict[str, str]:
-    """render.yaml's envVars (``- key: NAME`` / ``value: ...`` pairs), without PYTHON_VERSION."""
-    env: dict[str, str] = {}
-    key = None
-    for line in path.read_text().splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if match := re.match(r"-\s*key:\s*(\S+)", line):
-            key = match.group(1)
-        elif (match := re.match(r"value:\s*(.+)", line)) and key:
-            env[key] = match.group(1).strip().strip("\"'")
-            key = None
-    env.pop("PYTHON_VERSION", None)
-    return env
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    """The server's settings under ``env`` (read the same way the app reads them)."""
-    import os
-    from unittest import mock
-
-    with mock.patch.dict(os.environ, env):
-        return Settings.from_env()
 
 
 # --- the worst files, made with fixed patterns ------------------------------------------------
