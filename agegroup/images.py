@@ -266,7 +266,8 @@ class MemoryBudget:
 
     @contextmanager
     def reserve(self, cost: int) -> Iterator[None]:
-        """Hold ``cost`` bytes of the budget while the block runs."""
+        """Hold ``cost`` bytes of the budget while the block runs; a large hold hands the freed
+        memory back to the system when it ends."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._room_for(cost), self.wait_s):
                 raise ServerBusy(
@@ -282,6 +283,8 @@ class MemoryBudget:
             with self._changed:
                 self.used -= cost
                 self._changed.notify_all()
+            if cost > TRIM_AFTER_BYTES:
+                release_memory()
 
 
 _budgets: dict[tuple[int, float], MemoryBudget] = {}
@@ -407,8 +410,8 @@ def decode_upload(
                     "The image file is damaged or truncated and cannot be read."
                 ) from exc
     finally:
-        if cost.bytes > TRIM_AFTER_BYTES:
-            release_memory()
+        if budget is None and cost.bytes > TRIM_AFTER_BYTES:
+            release_memory()  # (the budget does it when the reservation ends)
     log.debug(
         "decoded %s %dx%d (estimated %.0f MB) in %.0f ms",
         image.format,
