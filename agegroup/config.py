@@ -40,7 +40,7 @@ class Settings:
     # (agegroup.images.MemoryBudget); the onnx server rests near 330 MB on a 512 MB instance.
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
-    decode_wait_s: float = 0.5
+    decode_wait_s: float = 0.2
 
     @classmethod
     def from_env(cls) -> Settings:
