@@ -190,6 +190,43 @@ def worst_files(settings: Settings, seed: int = 0) -> list[tuple[str, bytes, set
     return files
 
 
+# --- what one decode costs, in a fresh process ------------------------------------------------
+def _kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[str, list[int]]:
+    """``{kind: [peak RSS growth, estimate]}`` in bytes, decoding each kind in turn here."""
+    from agegroup import images
+
+    if decoder == "pillow":
+        images.pyvips = None
+    settings = Settings(work_size=work_size)
+    out = {}
+    for name, side in sides.items():
+        data = WORST[name](side)
+        estimate = _cost(data, settings).bytes
+        images.release_memory()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+        before = _kb("VmRSS")
+        images.decode_upload(data, 10**9, work_size)
+        out[name] = [(_kb("VmHWM") - before) * 1024, estimate]
+    return out
+
+
+def decode_peaks(decoder: str, sides: dict[str, int], work_size: int = 1600) -> dict:
+    """Peak memory of decoding each worst kind (``pillow`` or ``vips``), in a fresh process."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--measure-decode", decoder, json.dumps(sides)]
+    command += ["--work-size", str(work_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 # --- measuring ---------------------------------------------------------------------------------
 def reset_peaks(root: int) -> None:
     """Start VmHWM again from the current RSS (Linux: ``echo 5 > /proc/PID/clear_refs``)."""
@@ -391,7 +428,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.pkl")
     parser.add_argument("--max-peak-mb", type=float, default=450)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="SIDE",
+        help="instead: peak memory of decoding each kind at SIDE x SIDE, Pillow and libvips",
+    )
+    parser.add_argument("--measure-decode", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--work-size", type=int, default=1600, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure_decode:
+        decoder, sides = args.measure_decode
+        print(json.dumps(_measure_here(decoder, json.loads(sides), args.work_size)))
+        return 0
+    if args.calibrate:
+        sides = {name: args.calibrate for name in WORST}
+        table = {d: decode_peaks(d, sides) for d in ("pillow", "vips")}
+        for name in WORST:
+            row = [f"{table[d][name][i] / 2**20:6.0f}" for d in table for i in (0, 1)]
+            print(
+                f"{name:18s} pillow peak/estimate {row[0]} /{row[1]} MB   vips {row[2]} /{row[3]}"
+            )
+        return 0
 
     env = render_env()
     settings = settings_for(env)

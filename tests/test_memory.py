@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -70,35 +68,6 @@ def test_a_waiting_decode_starts_as_soon_as_room_is_freed() -> None:
 
 
 # --- estimates against what decoding really takes -----------------------------------------------
-MEASURE = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    sys.path.insert(0, "scripts")
-    from agegroup import images
-    import stress
-
-    def kb(key):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    if sys.argv[1] == "pillow":
-        images.pyvips = None
-    settings = stress.Settings(work_size=1600)
-    out = {}
-    for name, side in json.loads(sys.argv[2]).items():
-        data = getattr(stress, name)(side)
-        estimate = stress._cost(data, settings).bytes
-        images.release_memory()
-        Path("/proc/self/clear_refs").write_text("5")
-        before = kb("VmRSS")
-        images.decode_upload(data, 10**9, 1600)
-        out[name] = [(kb("VmHWM") - before) * 1024, estimate]
-    print(json.dumps(out))
-    """
-)
-
-
 @pytest.mark.parametrize(
     ("decoder", "files"),
     [
@@ -110,15 +79,7 @@ MEASURE = textwrap.dedent(
 def test_every_estimate_covers_the_real_peak(decoder: str, files: dict[str, int]) -> None:
     """Each worst kind of file, decoded in a fresh process: the estimate is above the peak RSS
     growth, and not wildly above it (else the limits would refuse good photos)."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, decoder, json.dumps(files)],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        check=True,
-        timeout=120,
-    )
-    for name, (grown, estimate) in json.loads(done.stdout.splitlines()[-1]).items():
+    for name, (grown, estimate) in stress.decode_peaks(decoder, files).items():
         assert grown <= estimate, f"{name}: grew {grown / MB:.0f} MB, estimated {estimate / MB:.0f}"
         assert estimate <= 3 * grown + 48 * MB, f"{name}: {estimate / MB:.0f} MB is far too high"
 
