@@ -202,7 +202,8 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
     Pillow: the full-size pixels, a reduced copy of at most a quarter (with a margin: 1.35
     copies in all), and the work-size copies of shrinking, turning and converting. WebP adds
     libwebp's two canvases and a bytes copy (4 bytes each per pixel), a progressive JPEG its
-    coefficient buffers (2 bytes per sample, whatever the draft scale). libvips streams the
+    coefficient buffers (2 bytes per sample, whatever the draft scale), a run-length BMP
+    Pillow's Python decoder's two copies. libvips streams the
     rows: a fraction of a byte per pixel. The upload itself is held twice meanwhile (the
     form's copy and ``data``).
     """
@@ -214,7 +215,7 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
     fixed = work_pixels * 4 * (4 if alpha else 3) + 2 * data_size
     if _use_vips(image):
         depth = 2 if image.mode.startswith("I;16") else 1
-        return DecodeCost(_bands(image) * depth / 4, 24 * MB + fixed, pixels, True)
+        return DecodeCost(_bands(image) * depth / 4, 32 * MB + fixed, pixels, True)
     original = getattr(image, "_size_before_draft", image.size)
     original_pixels = original[0] * original[1]
     per_pixel = _stored_bytes(image.mode) * 1.35 * pixels / original_pixels
@@ -226,6 +227,8 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
         fixed += work_pixels * 9  # the float64 scaling of 16-bit greys
     if image.format == "WEBP":
         per_pixel += 12
+    if image.tile and image.tile[0][0] == "bmp_rle":
+        per_pixel += 3  # Pillow's run-length decoder is Python: a bytearray and a bytes copy
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
         per_pixel += 2 * _sample_ratio(image)
     return DecodeCost(per_pixel, fixed, original_pixels, False)
