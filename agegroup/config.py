@@ -38,6 +38,12 @@ class Settings:
     face_landmarks: str = "auto"
     # Origins allowed to call the JSON API from a browser (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
+    # Memory that image decodes and analyses may hold at once in one worker
+    # (agegroup.images.MemoryBudget): the deployed server rests near 240 MB, and with this budget
+    # its peak stayed under 400 MB in scripts/stress.py (README "Robustness").
+    decode_budget_mb: float = 112.0
+    # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
+    decode_wait_s: float = 0.2
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,12 +63,18 @@ class Settings:
                 for o in os.environ.get("AGE_CORS_ORIGINS", "").split(",")
                 if o.strip()
             ),
+            decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", cls.decode_budget_mb),
+            decode_wait_s=_env_float("AGE_DECODE_WAIT_S", cls.decode_wait_s),
         )
 
     @property
     def lean_model_path(self) -> Path:
         """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``)."""
         return self.model_path.with_suffix(".onnx")
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return int(self.decode_budget_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -42,3 +42,14 @@ class CorruptImage(AppError):
 class ModelUnavailable(AppError):
     code = "model_unavailable"
     status = 503
+
+
+class ServerBusy(AppError):
+    """No room to take this request now (memory budget full): the client should retry."""
+
+    code = "busy"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -12,6 +12,7 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -25,7 +26,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
-from agegroup.images import DecodedImage, decode_upload
+from agegroup.images import ANALYSIS_BYTES_PER_PIXEL, DecodedImage, decode_upload, shared_budget
 from agegroup.openapi import openapi_spec
 from agegroup.pages import decode_link, encode_link, result_view, shaped_json
 from agegroup.predictor import Predictor
@@ -134,7 +135,20 @@ def _too_large_message() -> str:
 
 def _decode(data: bytes) -> DecodedImage:
     settings = _state().settings
-    return decode_upload(data, settings.max_pixels, settings.work_size)
+    budget = shared_budget(settings.decode_budget_bytes, settings.decode_wait_s)
+    decoded = decode_upload(data, settings.max_pixels, settings.work_size, budget)
+    # Detection, crops and the answer also need memory: held in the budget until the response.
+    hold = budget.reserve(decoded.image.width * decoded.image.height * ANALYSIS_BYTES_PER_PIXEL)
+    hold.__enter__()
+    g.memory_hold = hold
+    return decoded
+
+
+@bp.teardown_app_request
+def _release_memory_hold(_error: BaseException | None) -> None:
+    hold = g.pop("memory_hold", None)
+    if hold is not None:
+        hold.__exit__(None, None, None)
 
 
 def _page_settings() -> dict[str, Any]:
@@ -246,8 +260,14 @@ def _error_response(code: str, message: str, status: int) -> tuple[Any, int]:
 
 
 @bp.app_errorhandler(AppError)
-def handle_app_error(error: AppError) -> tuple[Any, int]:
-    return _error_response(error.code, error.message, error.status)
+def handle_app_error(error: AppError) -> tuple[Any, int] | Response:
+    body, status = _error_response(error.code, error.message, error.status)
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is None:
+        return body, status
+    response = current_app.make_response((body, status))
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 _HTTP_CODES = {

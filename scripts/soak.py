@@ -18,6 +18,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -32,13 +33,38 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from agegroup.bench import children_by_parent  # noqa: E402
+from agegroup.bench import children_by_parent, memory_mb  # noqa: E402
+from agegroup.config import Settings  # noqa: E402
 
 BOUNDARY = "soak-boundary-5b2d9"
 UTKFACE_DIRS = [
     PROJECT_ROOT.parent / "shared" / "data" / "utkface" / "UTKFace",
     Path("/work/shared/data/utkface/UTKFace"),
 ]
+
+
+# --- the deployed configuration ---------------------------------------------------------------
+def render_env(path: Path = PROJECT_ROOT / "render.yaml") -> dict[str, str]:
+    """render.yaml's envVars (``- key: NAME`` / ``value: ...`` pairs), without PYTHON_VERSION."""
+    env: dict[str, str] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if match := re.match(r"-\s*key:\s*(\S+)", line):
+            key = match.group(1)
+        elif (match := re.match(r"value:\s*(.+)", line)) and key:
+            env[key] = match.group(1).strip().strip("\"'")
+            key = None
+    env.pop("PYTHON_VERSION", None)
+    return env
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    """The server's settings under ``env``, read the way the app reads them."""
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, env):
+        return Settings.from_env()
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -320,6 +346,8 @@ def run_soak(
             "curve": [[n, round(mb, 1)] for n, mb in memory],
         },
         "worker_pid_unchanged": server.worker_pids() == [worker],
+        # VmHWM of the master and the worker, added up: the whole server's peak.
+        "peak_rss_mb": memory_mb(server.process.pid)["peak_mb"],  # type: ignore[union-attr]
     }
     return report
 
@@ -368,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument("--max-growth-mb", type=float, default=25.0)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument(
+        "--deployed", action="store_true", help="render.yaml's environment (AGE_RUNTIME=onnx, ...)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
@@ -375,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tiny:
             model = Path(scratch) / "missing.pkl"
         env = {"GUNICORN_THREADS": str(args.threads), "WEB_CONCURRENCY": "1"}
+        if args.deployed:
+            env = render_env()
         if not model.is_file():
             print(f"{model} not found: exporting the tiny test learner", file=sys.stderr)
             model = tiny_model(Path(scratch))
