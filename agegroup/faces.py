@@ -86,6 +86,24 @@ LANDMARK_TEMPLATE = ((152.5, 59.8), (121.4, 61.8), (44.3, 59.5), (75.4, 61.8), (
 LANDMARK_SCALE_RANGE = (0.7, 1.4)
 LANDMARK_MAX_SHIFT = 0.25
 LANDMARK_MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
+# Where BlazeFace's keypoints (the eye on the image's left, the other eye, the tip of the nose,
+# the middle of the mouth) sit on average in a 200 x 200 UTKFace crop, and where its box sits
+# (centre offset and side, in crop sides), measured on 291 training crops
+# (``python -m agegroup.detection_bench --template 300``).
+KEYPOINT_TEMPLATE = ((58.1, 58.5), (136.9, 58.5), (98.7, 106.2), (98.4, 143.3))
+BLAZE_BOX_IN_CROP = (-0.014, -0.042, 0.99)
+DETECTORS = ("blazeface", "hog")
+DEFAULT_DETECTOR = "blazeface"
+# BlazeFace finds faces whose crop is about 24-110 of its input pixels. The photo is searched at
+# scales a factor LEVEL_STEP apart (so the ranges overlap), the finest with at most
+# DETECT_PIXELS pixels (the run's cost grows with them: about 0.2 us per pixel on one core).
+DETECT_PIXELS = 250_000
+LEVEL_STEP = 3.5
+COARSEST_SIDE = 96
+BLAZE_MIN_SCORE = 0.5
+# At most this many candidates go into the suppression step (a photo of many faces, or of
+# face-like patterns, stays cheap).
+MAX_CANDIDATES = 400
 
 Point = tuple[float, float]
 
@@ -148,37 +166,67 @@ def landmark_model_path(setting: str = "auto") -> Path | None:
 
 
 class FaceDetector:
-    """dlib's frontal-face HOG detector and, if given, its 5-point landmark model.
+    """Finds faces with BlazeFace (default) or dlib's HOG, with landmarks for the alignment.
 
-    Made once per process (the app keeps one; scripts use ``get_detector``).
+    ``kind`` is ``"blazeface"`` or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own keypoints
+    align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point model) is used
+    instead when given, and is what aligns HOG's faces. Made once per process (the app keeps
+    one; scripts use ``get_detector``).
     """
 
-    def __init__(self, detect_side: int = DETECT_SIDE, landmarks: Path | None = None) -> None:
+    def __init__(
+        self,
+        detect_side: int = DETECT_SIDE,
+        landmarks: Path | None = None,
+        kind: str = DEFAULT_DETECTOR,
+        keypoints: bool = True,
+        threads: int = 1,
+        detect_pixels: int = DETECT_PIXELS,
+    ) -> None:
         import dlib
 
-        self._detector: Any = dlib.get_frontal_face_detector()
+        if kind not in DETECTORS:
+            raise ValueError(f"AGE_FACE_DETECTOR must be one of {DETECTORS}, not {kind!r}")
+        self.kind = kind
+        self._blaze: Any = None
+        self._detector: Any = None
+        if kind == "blazeface":
+            from agegroup.blazeface import BlazeFace
+
+            self._blaze = BlazeFace(threads=threads)
+        else:
+            self._detector = dlib.get_frontal_face_detector()
+        self._keypoints = keypoints and kind == "blazeface"
         self._shape_predictor: Any = None
         if landmarks is not None:
             if not Path(landmarks).is_file():
                 raise FileNotFoundError(f"no face landmark model at {landmarks}")
             self._shape_predictor = dlib.shape_predictor(str(landmarks))
+            self._keypoints = False
         self._detect_side = detect_side
+        self._detect_pixels = detect_pixels
         # The dlib objects are shared by the server's threads; one detection at a time.
         self._lock = threading.Lock()
 
     @property
     def has_landmarks(self) -> bool:
-        return self._shape_predictor is not None
+        return self._shape_predictor is not None or self._keypoints
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first."""
-        factor = min(self._detect_side / max(image.size), MAX_UPSCALE)
-        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if self._blaze is not None:
+            boxes = self._detect_blaze(rgb)
+        else:
+            boxes = self._detect_hog(rgb)
+        return sorted(boxes, key=lambda b: -b.score)
+
+    def _detect_hog(self, rgb: Image.Image) -> list[FaceBox]:
+        factor = min(self._detect_side / max(rgb.size), MAX_UPSCALE)
+        size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
         work = np.asarray(rgb.resize(size, RESAMPLE, reducing_gap=2.0))
         with self._lock:
             rects, scores, _ = self._detector.run(work, 0, 0.0)
-            shapes = [self._shape_predictor(work, r) for r in rects] if self.has_landmarks else []
         boxes = [
             FaceBox(
                 round(r.left() / factor),
@@ -189,19 +237,118 @@ class FaceDetector:
             )
             for r, s in zip(rects, scores, strict=True)
         ]
-        if shapes:
-            boxes = [
-                replace(box, landmarks=tuple((p.x / factor, p.y / factor) for p in shape.parts()))
-                for box, shape in zip(boxes, shapes, strict=True)
-            ]
-        kept = [b for b in boxes if not b.low_resolution or b.score >= SMALL_FACE_MIN_SCORE]
-        return sorted(kept, key=lambda b: -b.score)
+        boxes = self._with_landmarks(rgb, boxes)
+        return [b for b in boxes if not b.low_resolution or b.score >= SMALL_FACE_MIN_SCORE]
+
+    def _with_landmarks(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
+        """dlib's 5 landmarks on each box, found in a region around it (not the whole photo)."""
+        if self._shape_predictor is None or not boxes:
+            return boxes
+        import dlib
+
+        out = []
+        for box in boxes:
+            # The shape predictor reads pixels near the box only: a margin of one box is plenty.
+            left, top = max(0, box.x - box.w), max(0, box.y - box.h)
+            region = np.asarray(rgb.crop((left, top, box.x + 2 * box.w, box.y + 2 * box.h)))
+            rect = dlib.rectangle(
+                box.x - left, box.y - top, box.x - left + box.w, box.y - top + box.h
+            )
+            with self._lock:
+                shape = self._shape_predictor(region, rect)
+            points = tuple((p.x + left, p.y + top) for p in shape.parts())
+            out.append(replace(box, landmarks=points))
+        return out
+
+    def levels(self, width: int, height: int) -> list[float]:
+        """The scales BlazeFace searches a ``width`` x ``height`` photo at, finest first."""
+        scale = min(MAX_UPSCALE / 2, math.sqrt(self._detect_pixels / (width * height)))
+        scales = [scale]
+        while max(width, height) * scales[-1] > COARSEST_SIDE:
+            scales.append(max(scales[-1] / LEVEL_STEP, COARSEST_SIDE / max(width, height)))
+        return scales
+
+    def _detect_blaze(self, rgb: Image.Image) -> list[FaceBox]:
+        from agegroup.blazeface import Detections, weighted_nms
+
+        multiple = self._blaze.network.multiple
+        found = []
+        source = rgb
+        for scale in self.levels(rgb.width, rgb.height):
+            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            # Pad to whole cells; the coarsest level gets a margin so a face that fills the
+            # photo is still no larger than the network's faces.
+            pad = multiple if max(size) <= COARSEST_SIDE else 0
+            padded = (-(-(size[0] + pad) // multiple) * multiple,
+                      -(-(size[1] + pad) // multiple) * multiple)  # fmt: skip
+            work = np.zeros((padded[1], padded[0], 3), np.uint8)
+            offset = ((padded[0] - size[0]) // 2, (padded[1] - size[1]) // 2)
+            # Each level is shrunk from the one before: cheaper than from the photo each time.
+            small = (
+                source.resize(size, RESAMPLE, reducing_gap=2.0) if size != source.size else source
+            )
+            source = small
+            work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = small
+            hits = self._blaze(work, BLAZE_MIN_SCORE)
+            back = np.array([scale, scale])
+            origin = np.array(offset, dtype=np.float32)
+            found.append(
+                Detections(
+                    hits.scores,
+                    ((hits.boxes.reshape(-1, 2, 2) - origin) / back).reshape(-1, 4),
+                    (hits.keypoints - origin) / back,
+                )
+            )
+        merged = Detections(*(np.concatenate(parts) for parts in zip(*(
+            (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
+        if len(merged.scores) > MAX_CANDIDATES:
+            top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
+            merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
+        faces = weighted_nms(merged)
+        boxes = [
+            _utk_box(box, float(score), points)
+            for score, box, points in zip(faces.scores, faces.boxes, faces.keypoints, strict=True)
+        ]
+        if not self._keypoints:
+            boxes = [replace(b, landmarks=None) for b in boxes]
+        return self._with_landmarks(rgb, boxes)
+
+
+def _utk_box(box: np.ndarray, score: float, keypoints: np.ndarray) -> FaceBox:
+    """BlazeFace's box as the box HOG would draw (``BOX_TO_CROP`` of UTKFace's crop side).
+
+    Its eyes, nose tip and mouth become the landmarks; its box is moved and scaled by where it
+    sits on UTKFace crops on average (``BLAZE_BOX_IN_CROP``).
+    """
+    dx, dy, side_ratio = BLAZE_BOX_IN_CROP
+    x0, y0, x1, y1 = (float(v) for v in box)
+    crop_side = max(x1 - x0, y1 - y0) / side_ratio
+    cx, cy = (x0 + x1) / 2 - dx * crop_side, (y0 + y1) / 2 - dy * crop_side
+    side = BOX_TO_CROP * crop_side
+    points = tuple((float(x), float(y)) for x, y in keypoints[:4])
+    return FaceBox(
+        round(cx - side / 2), round(cy - side / 2), round(side), round(side), score, points
+    )
 
 
 @lru_cache(maxsize=1)
 def get_detector() -> FaceDetector:
-    """A process-wide detector with the packaged landmark model, for scripts and tests."""
-    return FaceDetector(landmarks=landmark_model_path())
+    """A process-wide detector as the app makes it by default, for scripts and tests."""
+    return make_detector(DEFAULT_DETECTOR, "auto")
+
+
+def make_detector(kind: str, landmarks: str = "auto", threads: int = 1) -> FaceDetector:
+    """The detector ``AGE_FACE_DETECTOR`` and ``AGE_FACE_LANDMARKS`` ask for.
+
+    ``auto`` aligns BlazeFace's faces by its own keypoints and HOG's by dlib's packaged 5-point
+    model; ``dlib5`` uses that dlib model with either; ``off`` crops by the box; a path names
+    another dlib 5-point model.
+    """
+    setting = landmarks.strip().lower()
+    if kind == "blazeface" and setting in ("", "auto", "off"):
+        return FaceDetector(kind=kind, keypoints=setting != "off", threads=threads)
+    path = packaged_landmark_model() if setting == "dlib5" else landmark_model_path(landmarks)
+    return FaceDetector(kind=kind, landmarks=path, threads=threads)
 
 
 def select_faces(boxes: list[FaceBox], limit: int = MAX_FACES) -> list[FaceBox]:
@@ -221,10 +368,12 @@ def crop_region(box: FaceBox) -> tuple[float, float, float, float]:
 def similarity_to(points: list[Point] | tuple[Point, ...], size: int) -> tuple[float, ...]:
     """``(a, b, tx, ty)``: the least-squares similarity taking crop pixels to photo pixels.
 
-    It maps ``LANDMARK_TEMPLATE`` (scaled to a ``size`` crop) onto ``points``:
-    ``x' = a x - b y + tx``, ``y' = b x + a y + ty``.
+    It maps the template of these points (``LANDMARK_TEMPLATE`` for dlib's 5 landmarks,
+    ``KEYPOINT_TEMPLATE`` for BlazeFace's 4 keypoints), scaled to a ``size`` crop, onto
+    ``points``: ``x' = a x - b y + tx``, ``y' = b x + a y + ty``.
     """
-    src = np.asarray(LANDMARK_TEMPLATE, dtype=np.float64) * (size / CROP_SIZE)
+    template = LANDMARK_TEMPLATE if len(points) == len(LANDMARK_TEMPLATE) else KEYPOINT_TEMPLATE
+    src = np.asarray(template, dtype=np.float64) * (size / CROP_SIZE)
     dst = np.asarray(points, dtype=np.float64)
     src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
     norm = (src_c**2).sum()
