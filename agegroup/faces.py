@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agegroup.blazeface import Detections, weighted_nms
 from agegroup.preprocess import RESAMPLE
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,15 @@ DEFAULT_DETECTOR = "blazeface"
 DETECT_PIXELS = 250_000
 LEVEL_STEP = 3.5
 COARSEST_SIDE = 96
-BLAZE_MIN_SCORE = 0.5
+# The search keeps candidates scoring CANDIDATE_SCORE; each of the best MAX_VERIFY is looked at
+# again in a window VERIFY_WINDOW times its side, at VERIFY_INPUT px (the face then about 64
+# px, where BlazeFace is surest), and kept if it scores FACE_SCORE there. The second look
+# also gives finer keypoints for small faces.
+CANDIDATE_SCORE = 0.3
+FACE_SCORE = 0.6
+MAX_VERIFY = 16
+VERIFY_WINDOW = 3.0
+VERIFY_INPUT = 192
 # At most this many candidates go into the suppression step (a photo of many faces, or of
 # face-like patterns, stays cheap).
 MAX_CANDIDATES = 400
@@ -269,7 +278,6 @@ class FaceDetector:
         return scales
 
     def _detect_blaze(self, rgb: Image.Image) -> list[FaceBox]:
-        from agegroup.blazeface import Detections, weighted_nms
 
         multiple = self._blaze.network.multiple
         found = []
@@ -289,7 +297,7 @@ class FaceDetector:
             )
             source = small
             work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = small
-            hits = self._blaze(work, BLAZE_MIN_SCORE)
+            hits = self._blaze(work, CANDIDATE_SCORE)
             back = np.array([scale, scale])
             origin = np.array(offset, dtype=np.float32)
             found.append(
@@ -304,7 +312,7 @@ class FaceDetector:
         if len(merged.scores) > MAX_CANDIDATES:
             top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
             merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
-        faces = weighted_nms(merged)
+        faces = self._verified(rgb, weighted_nms(merged))
         boxes = [
             _utk_box(box, float(score), points)
             for score, box, points in zip(faces.scores, faces.boxes, faces.keypoints, strict=True)
@@ -312,6 +320,43 @@ class FaceDetector:
         if not self._keypoints:
             boxes = [replace(b, landmarks=None) for b in boxes]
         return self._with_landmarks(rgb, boxes)
+
+    def _verified(self, rgb: Image.Image, candidates: Detections) -> Detections:
+        """The candidates that BlazeFace finds again in a window around each, at its best scale."""
+
+        kept: list[tuple[float, np.ndarray, np.ndarray]] = []
+        order = np.argsort(-candidates.scores)[:MAX_VERIFY]
+        for box in candidates.boxes[order]:
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            side = max(box[2] - box[0], box[3] - box[1], 1.0) * VERIFY_WINDOW
+            left, top = cx - side / 2, cy - side / 2
+            window = rgb.transform(
+                (VERIFY_INPUT, VERIFY_INPUT),
+                Image.Transform.EXTENT,
+                (left, top, left + side, top + side),
+                resample=Image.Resampling.BILINEAR,
+            )
+            hits = self._blaze(np.asarray(window), FACE_SCORE)
+            if not len(hits.scores):
+                continue
+            mid = (hits.boxes[:, :2] + hits.boxes[:, 2:]) / 2 - VERIFY_INPUT / 2
+            near = np.flatnonzero(np.hypot(mid[:, 0], mid[:, 1]) < VERIFY_INPUT / 4)
+            if not len(near):
+                continue
+            best = near[np.argmax(hits.scores[near])]
+            factor = side / VERIFY_INPUT
+            origin = np.array([left, top])
+            kept.append(
+                (
+                    float(hits.scores[best]),
+                    (hits.boxes[best].reshape(2, 2) * factor + origin).ravel(),
+                    hits.keypoints[best] * factor + origin,
+                )
+            )
+        if not kept:
+            return Detections(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 6, 2)))
+        scores, boxes, points = zip(*kept, strict=True)
+        return weighted_nms(Detections(np.array(scores), np.array(boxes), np.array(points)))
 
 
 def _utk_box(box: np.ndarray, score: float, keypoints: np.ndarray) -> FaceBox:
