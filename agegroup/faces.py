@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.blazeface import Detections, weighted_nms
+from agegroup.config import Settings
 from agegroup.preprocess import RESAMPLE
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ LANDMARK_MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
 KEYPOINT_TEMPLATE = ((58.1, 58.5), (136.9, 58.5), (98.7, 106.2), (98.4, 143.3))
 BLAZE_BOX_IN_CROP = (-0.014, -0.042, 0.99)
 DETECTORS = ("blazeface", "hog")
-DEFAULT_DETECTOR = "blazeface"
+DEFAULT_DETECTOR = Settings.face_detector
 # BlazeFace finds faces whose crop is about 24-110 of its input pixels. The photo is searched at
 # scales a factor LEVEL_STEP apart (so the ranges overlap), the finest with at most
 # DETECT_PIXELS pixels (the run's cost grows with them: about 0.2 us per pixel on one core).
@@ -107,7 +108,7 @@ COARSEST_SIDE = 96
 # also gives finer keypoints for small faces.
 CANDIDATE_SCORE = 0.3
 FACE_SCORE = 0.6
-MAX_VERIFY = 16
+MAX_VERIFY = 32
 VERIFY_WINDOW = 3.0
 VERIFY_INPUT = 192
 # At most this many candidates go into the suppression step (a photo of many faces, or of

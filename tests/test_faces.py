@@ -16,14 +16,17 @@ from agegroup.analysis import NO_FACE_WARNING
 from agegroup.config import Settings
 from agegroup.faces import (
     CROP_SIZE,
+    KEYPOINT_TEMPLATE,
     LANDMARK_TEMPLATE,
     MAX_FACES,
     FaceBox,
     FaceDetector,
+    Point,
     crop_face,
     crop_region,
     get_detector,
     landmark_model_path,
+    make_detector,
     select_faces,
 )
 from agegroup.images import decode_upload
@@ -153,21 +156,32 @@ def test_crop_past_the_edge_is_filled_black(utk_like: Image.Image) -> None:
     assert crop[:40, :40].max() == 0 and crop[150:, 150:].mean() > 20
 
 
+def eyes_and_nose(box: FaceBox) -> tuple[Point, Point, Point]:
+    """The eye on the image's left, the other eye, and the nose, from either kind of landmarks."""
+    assert box.landmarks is not None
+    points = np.asarray(box.landmarks)
+    if len(points) == len(LANDMARK_TEMPLATE):  # dlib: eye corners (right eye first), nose
+        return tuple(points[2:4].mean(0)), tuple(points[0:2].mean(0)), tuple(points[4])
+    assert len(points) == len(KEYPOINT_TEMPLATE)  # BlazeFace: eyes, nose tip, mouth
+    return tuple(points[0]), tuple(points[1]), tuple(points[2])
+
+
 def eye_line_degrees(box: FaceBox) -> float:
     """The tilt of the line between the eyes' centres (0 when level)."""
-    assert box.landmarks is not None
-    (x0, y0), (x1, y1), (x2, y2), (x3, y3), _ = box.landmarks
-    return float(np.degrees(np.arctan2((y0 + y1 - y2 - y3) / 2, (x0 + x1 - x2 - x3) / 2)))
+    (x0, y0), (x1, y1), _ = eyes_and_nose(box)
+    return float(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
 
 
 def test_landmarks_mark_grace_hoppers_eyes_and_nose(grace: Image.Image) -> None:
-    [box] = get_detector().detect(grace)
-    assert box.landmarks is not None and len(box.landmarks) == 5
-    x, y, w, h = GRACE_FACE
-    assert all(x <= px <= x + w and y <= py <= y + h for px, py in box.landmarks)
-    nose_y = box.landmarks[4][1]
-    assert all(py < nose_y for _, py in box.landmarks[:4])  # the eyes are above the nose
-    assert abs(eye_line_degrees(box)) < 8
+    for detector in (get_detector(), make_detector("hog")):
+        [box] = detector.detect(grace)
+        x, y, w, h = GRACE_FACE
+        assert box.landmarks is not None
+        assert all(x <= px <= x + w and y <= py <= y + h for px, py in box.landmarks)
+        left, right, nose = eyes_and_nose(box)
+        assert left[1] < nose[1] and right[1] < nose[1]  # the eyes are above the nose
+        assert left[0] < nose[0] < right[0]
+        assert abs(eye_line_degrees(box)) < 8
 
 
 def test_aligned_crop_puts_the_landmarks_on_utkface_places(utk_like: Image.Image) -> None:
@@ -177,7 +191,8 @@ def test_aligned_crop_puts_the_landmarks_on_utkface_places(utk_like: Image.Image
     [box] = get_detector().detect(photo)
     [again] = get_detector().detect(crop_face(photo, box))
     assert again.landmarks is not None
-    error = np.abs(np.subtract(again.landmarks, LANDMARK_TEMPLATE)).max()
+    template = KEYPOINT_TEMPLATE if len(again.landmarks) == 4 else LANDMARK_TEMPLATE
+    error = np.abs(np.subtract(again.landmarks, template)).max()
     assert error < 0.05 * CROP_SIZE
 
 
