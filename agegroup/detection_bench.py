@@ -37,7 +37,7 @@ SIZES = (32, 48, 80, 160, 320)
 CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
 PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
 ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
-DETECTORS = ("blazeface", "blazeface+dlib5", "hog")
+DETECTORS = ("blazeface", "blazeface+keypoints", "hog")
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "utkface"
 
 
@@ -313,8 +313,8 @@ def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
     for name in names:
         if name == "blazeface":
             made[name] = make_detector("blazeface", "auto", threads)
-        elif name == "blazeface+dlib5":
-            made[name] = make_detector("blazeface", "dlib5", threads)
+        elif name == "blazeface+keypoints":
+            made[name] = make_detector("blazeface", "keypoints", threads)
         elif name == "hog":
             made[name] = make_detector("hog", "auto", threads)
         else:

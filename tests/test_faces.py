@@ -229,10 +229,12 @@ def test_aligned_crop_past_the_edge_is_filled_black(utk_like: Image.Image) -> No
     assert crop[:90, :90].max() == 0 and crop[110:, 110:].mean() > 20
 
 
-def test_detector_without_landmark_model_gives_plain_boxes(grace: Image.Image) -> None:
-    [box] = FaceDetector(landmarks=None).detect(grace)
+@pytest.mark.parametrize("kind", ["blazeface", "hog"])
+def test_detector_without_landmarks_gives_plain_boxes(grace: Image.Image, kind: str) -> None:
+    [box] = make_detector(kind, "off").detect(grace)
     assert box.landmarks is None
     assert iou(as_xywh(box), GRACE_FACE) > 0.6
+    assert FaceDetector(kind=kind, keypoints=False).has_landmarks is False
 
 
 def test_landmark_setting(monkeypatch, tmp_path: Path) -> None:
