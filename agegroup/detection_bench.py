@@ -467,21 +467,24 @@ def load_crops(
     ]
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The README's side-by-side table."""
     names = list(report["detection"])
     rows = [("faces (photos with faces / faceless)", lambda d: f"{d['faces']}")]
     rows += [
-        (f"recall, {s} px faces", lambda d, s=s: f"{d['recall_by_size'][str(s)]:.3f}")
-        for s in SIZES
+        (f"recall, {s} px faces", lambda d, s=s: _share(d["recall_by_size"][str(s)])) for s in SIZES
     ]
-    rows.append(("recall, 48 px and up", lambda d: f"{d['recall_48px_and_up']:.3f}"))
+    rows.append(("recall, 48 px and up", lambda d: _share(d["recall_48px_and_up"])))
     rows += [
-        (f"recall, turned {r} degrees", lambda d, r=r: f"{d['recall_by_rotation'][r]:.3f}")
+        (f"recall, turned {r} degrees", lambda d, r=r: _share(d["recall_by_rotation"][r]))
         for r in report["detection"][names[0]]["recall_by_rotation"]
     ]
     rows += [
-        (f"recall, {c}", lambda d, c=c: f"{d['recall_by_condition'][c]:.3f}") for c in CONDITIONS
+        (f"recall, {c}", lambda d, c=c: _share(d["recall_by_condition"][c])) for c in CONDITIONS
     ]
     rows.append(
         (
