@@ -4,24 +4,18 @@ Serving crops every detected face with ``crop_face`` and the model sees it exact
 its training images (square, 200 x 200, face framed like UTKFace), so a holiday photo or a
 group picture gets the same framing as the aligned crops the model learned from.
 
-Why dlib's HOG detector (``dlib-bin``): its weights are compiled into the package, it runs
-offline on one CPU core, and a process holding it and a 1600 x 1200 photo peaks at about
-110 MB. Measured with ``scripts/measure_faces.py --compare`` on 200 UTKFace test faces pasted
-into 800 x 600 cluttered backgrounds at 48, 80, 140 and 240 px:
-
-=================================  ======  ===============
-detector                           recall  false positives
-=================================  ======  ===============
-dlib HOG (this module)              0.93          1
-OpenCV Haar ``frontalface_default`` 0.93         89
-OpenCV Haar ``frontalface_alt2``    0.945        35
-=================================  ======  ===============
-
-Alone on the machine, HOG takes about 300 ms on a 1600 x 1200 photo; the cascades were no
-faster in our runs (both were measured while a training run held the 2 CPU cores).
-
-The cascades find as many faces but invent 35-90 more (a ghost box on a group photo is worse
-than a missed face).
+Detector (``AGE_FACE_DETECTOR``). The default is MediaPipe's BlazeFace full-range network
+(Apache-2.0; ``agegroup/blazeface.py``, converted once to ONNX by
+``scripts/convert_blazeface.py``), run by onnxruntime, which the server already has. It finds
+faces that dlib's HOG detector (``hog``, the previous default, kept for comparison) misses:
+small ones, turned ones, and faces in poor light. It sees faces whose crop is about 24-110 of
+its input pixels, so the photo is searched as a pyramid (``FaceDetector.levels``): the finest
+level has at most ``DETECT_PIXELS`` pixels, which sets both the smallest face found and the
+time (one run of the network costs about 0.2 us per pixel on one core). Candidates it is
+unsure of get a second look in a window around them, at the scale it is surest at (and turned
+by 25 degrees either way if needed), within a budget of runs. ``python -m
+agegroup.detection_bench`` measures recall, false faces, time and accuracy for both detectors
+(README "Face detection").
 
 Framing. UTKFace's crops are aligned by the eyes: on about 300 training crops the eye line
 is level (standard deviation 2.1 degrees) and dlib's 5-point landmarks sit within a few
@@ -33,9 +27,13 @@ landmarks pin the framing down twice as tightly as the HOG box: the crop's scale
 4.2% (box: 8.3%, because HOG boxes come in pyramid steps) and its centre by 1% of its side
 (box: 2-3.5%).
 
-Without the landmark model (``AGE_FACE_LANDMARKS=off``, or the package missing), or when the
-landmarks disagree with the box, the crop is a square of ``box side / 0.90`` around the box's
-centre: on 385 UTKFace crops the HOG box is centred on the crop with a side of 0.90 of it.
+BlazeFace's boxes are turned into the box HOG would draw (``_utk_box``, from where its box sits
+on 300 UTKFace crops), so dlib's landmark model reads them as it reads HOG's, and both
+detectors' faces are cropped alike. Without the landmark model (the package missing) BlazeFace's
+own keypoints align the face (``KEYPOINT_TEMPLATE``; about half as precise on a turned face).
+With ``AGE_FACE_LANDMARKS=off``, or when the landmarks disagree with the box, the crop is a
+square of ``box side / 0.90`` around the box's centre: on 385 UTKFace crops the HOG box is
+centred on the crop with a side of 0.90 of it.
 
 Training images are UTKFace's crops as they are: aligning them again would move them by about
 4% in scale and 1% in position (the spread above), which the training's random zoom of
