@@ -57,7 +57,7 @@ def load_detector(settings: Settings) -> FaceDetector:
     """
     from agegroup.faces import FaceDetector, make_detector
 
-    threads = max(1, settings.torch_threads)
+    threads = settings.torch_threads
     try:
         return make_detector(settings.face_detector, settings.face_landmarks, threads)
     except (OSError, RuntimeError) as exc:

@@ -67,7 +67,7 @@ class BlazeFace:
         if not path.is_file():
             raise FileNotFoundError(f"no BlazeFace model at {path}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
+        options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # Spinning pool threads would burn a shared host's small CPU share between requests.
