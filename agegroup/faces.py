@@ -222,6 +222,7 @@ class FaceDetector:
         self._detect_pixels = detect_pixels
         # The dlib objects are shared by the server's threads; one detection at a time.
         self._lock = threading.Lock()
+        self._search_lock = threading.Lock()
 
     @property
     def has_landmarks(self) -> bool:
@@ -231,7 +232,10 @@ class FaceDetector:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._blaze is not None:
-            boxes = self._detect_blaze(rgb)
+            # One search at a time: each holds tens of MB of activations, and the server's
+            # threads share one CPU anyway (4 at once peaked at 617 MB in `agegroup.bench`).
+            with self._search_lock:
+                boxes = self._detect_blaze(rgb)
         else:
             boxes = self._detect_hog(rgb)
         return sorted(boxes, key=lambda b: -b.score)
