@@ -50,19 +50,19 @@ def load_predictor(settings: Settings) -> Predictor:
 
 
 def load_detector(settings: Settings) -> FaceDetector:
-    """The face detector, with the landmark model that ``AGE_FACE_LANDMARKS`` names.
+    """The face detector ``AGE_FACE_DETECTOR`` names, aligned as ``AGE_FACE_LANDMARKS`` says.
 
     A landmark model that cannot be loaded is logged and faces are cropped by their boxes:
     the app still answers, slightly less precisely framed.
     """
-    from agegroup.faces import FaceDetector, landmark_model_path
+    from agegroup.faces import FaceDetector, make_detector
 
-    path = landmark_model_path(settings.face_landmarks)
+    threads = settings.torch_threads
     try:
-        return FaceDetector(landmarks=path)
+        return make_detector(settings.face_detector, settings.face_landmarks, threads)
     except (OSError, RuntimeError) as exc:
         log.error("face landmarks not loaded (%s); faces are cropped by their boxes", exc)
-        return FaceDetector()
+        return FaceDetector(kind=settings.face_detector, keypoints=False, threads=threads)
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:

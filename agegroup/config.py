@@ -44,6 +44,8 @@ class Settings:
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
+    # Face detector: "blazeface" (MediaPipe's, via onnxruntime) or "hog" (dlib's).
+    face_detector: str = "blazeface"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,6 +67,8 @@ class Settings:
             ),
             decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", cls.decode_budget_mb),
             decode_wait_s=_env_float("AGE_DECODE_WAIT_S", cls.decode_wait_s),
+            face_detector=os.environ.get("AGE_FACE_DETECTOR", "").strip().lower()
+            or cls.face_detector,
         )
 
     @property

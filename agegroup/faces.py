@@ -4,24 +4,18 @@ Serving crops every detected face with ``crop_face`` and the model sees it exact
 its training images (square, 200 x 200, face framed like UTKFace), so a holiday photo or a
 group picture gets the same framing as the aligned crops the model learned from.
 
-Why dlib's HOG detector (``dlib-bin``): its weights are compiled into the package, it runs
-offline on one CPU core, and a process holding it and a 1600 x 1200 photo peaks at about
-110 MB. Measured with ``scripts/measure_faces.py --compare`` on 200 UTKFace test faces pasted
-into 800 x 600 cluttered backgrounds at 48, 80, 140 and 240 px:
-
-=================================  ======  ===============
-detector                           recall  false positives
-=================================  ======  ===============
-dlib HOG (this module)              0.93          1
-OpenCV Haar ``frontalface_default`` 0.93         89
-OpenCV Haar ``frontalface_alt2``    0.945        35
-=================================  ======  ===============
-
-Alone on the machine, HOG takes about 300 ms on a 1600 x 1200 photo; the cascades were no
-faster in our runs (both were measured while a training run held the 2 CPU cores).
-
-The cascades find as many faces but invent 35-90 more (a ghost box on a group photo is worse
-than a missed face).
+Detector (``AGE_FACE_DETECTOR``). The default is MediaPipe's BlazeFace full-range network
+(Apache-2.0; ``agegroup/blazeface.py``, converted once to ONNX by
+``scripts/convert_blazeface.py``), run by onnxruntime, which the server already has. It finds
+faces that dlib's HOG detector (``hog``, the previous default, kept for comparison) misses:
+small ones, turned ones, and faces in poor light. It sees faces whose crop is about 24-110 of
+its input pixels, so the photo is searched as a pyramid (``FaceDetector.levels``): the finest
+level has at most ``DETECT_PIXELS`` pixels, which sets both the smallest face found and the
+time (one run of the network costs about 0.2 us per pixel on one core). Candidates it is
+unsure of get a second look in a window around them, at the scale it is surest at (and turned
+by 25 degrees either way if needed), within a budget of runs. ``python -m
+agegroup.detection_bench`` measures recall, false faces, time and accuracy for both detectors
+(README "Face detection").
 
 Framing. UTKFace's crops are aligned by the eyes: on about 300 training crops the eye line
 is level (standard deviation 2.1 degrees) and dlib's 5-point landmarks sit within a few
@@ -33,9 +27,13 @@ landmarks pin the framing down twice as tightly as the HOG box: the crop's scale
 4.2% (box: 8.3%, because HOG boxes come in pyramid steps) and its centre by 1% of its side
 (box: 2-3.5%).
 
-Without the landmark model (``AGE_FACE_LANDMARKS=off``, or the package missing), or when the
-landmarks disagree with the box, the crop is a square of ``box side / 0.90`` around the box's
-centre: on 385 UTKFace crops the HOG box is centred on the crop with a side of 0.90 of it.
+BlazeFace's boxes are turned into the box HOG would draw (``_utk_box``, from where its box sits
+on 300 UTKFace crops), so dlib's landmark model reads them as it reads HOG's, and both
+detectors' faces are cropped alike. Without the landmark model (the package missing) BlazeFace's
+own keypoints align the face (``KEYPOINT_TEMPLATE``; about half as precise on a turned face).
+With ``AGE_FACE_LANDMARKS=off``, or when the landmarks disagree with the box, the crop is a
+square of ``box side / 0.90`` around the box's centre: on 385 UTKFace crops the HOG box is
+centred on the crop with a side of 0.90 of it.
 
 Training images are UTKFace's crops as they are: aligning them again would move them by about
 4% in scale and 1% in position (the spread above), which the training's random zoom of
@@ -56,6 +54,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agegroup.blazeface import Detections, weighted_nms
+from agegroup.config import Settings
 from agegroup.preprocess import RESAMPLE
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,39 @@ LANDMARK_TEMPLATE = ((152.5, 59.8), (121.4, 61.8), (44.3, 59.5), (75.4, 61.8), (
 LANDMARK_SCALE_RANGE = (0.7, 1.4)
 LANDMARK_MAX_SHIFT = 0.25
 LANDMARK_MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
+# Where BlazeFace's keypoints (the eye on the image's left, the other eye, the tip of the nose,
+# the middle of the mouth) sit on average in a 200 x 200 UTKFace crop, and where its box sits
+# (centre offset and side, in crop sides), measured on 291 training crops
+# (``python -m agegroup.detection_bench --template 300``).
+KEYPOINT_TEMPLATE = ((58.1, 58.5), (136.9, 58.5), (98.7, 106.2), (98.4, 143.3))
+# Their weights in the fit, about 1 / variance of each on those crops: the tip of the nose
+# moves most as the head turns.
+KEYPOINT_WEIGHTS = (1.0, 1.0, 0.3, 0.6)
+BLAZE_BOX_IN_CROP = (-0.014, -0.042, 0.99)
+DETECTORS = ("blazeface", "hog")
+DEFAULT_DETECTOR = Settings.face_detector
+# BlazeFace finds faces whose crop is about 24-110 of its input pixels. The photo is searched at
+# scales a factor LEVEL_STEP apart (so the ranges overlap), the finest with at most
+# DETECT_PIXELS pixels (the run's cost grows with them: about 0.2 us per pixel on one core).
+DETECT_PIXELS = 250_000
+LEVEL_STEP = 3.5
+COARSEST_SIDE = 96
+# The search keeps candidates scoring CANDIDATE_SCORE; the best are looked at again (at most
+# MAX_LOOKS runs in all, about 4 ms each) in a window VERIFY_WINDOW times their side, at
+# VERIFY_INPUT px (the face then about 64 px, where BlazeFace is surest), and kept if they
+# score FACE_SCORE there. Candidates scoring SURE_SCORE in the search are kept as they are.
+CANDIDATE_SCORE = 0.4
+FACE_SCORE = 0.6
+MAX_LOOKS = 12
+SURE_SCORE = 0.8
+# A candidate not found upright is looked at turned these ways too (BlazeFace misses heads
+# tilted by more than about 20 degrees).
+VERIFY_TURNS = (0.0, 25.0, -25.0)
+VERIFY_WINDOW = 3.0
+VERIFY_INPUT = 192
+# At most this many candidates go into the suppression step (a photo of many faces, or of
+# face-like patterns, stays cheap).
+MAX_CANDIDATES = 400
 
 Point = tuple[float, float]
 
@@ -148,37 +181,71 @@ def landmark_model_path(setting: str = "auto") -> Path | None:
 
 
 class FaceDetector:
-    """dlib's frontal-face HOG detector and, if given, its 5-point landmark model.
+    """Finds faces with BlazeFace (default) or dlib's HOG, with landmarks for the alignment.
 
-    Made once per process (the app keeps one; scripts use ``get_detector``).
+    ``kind`` is ``"blazeface"`` or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own keypoints
+    align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point model) is used
+    instead when given, and is what aligns HOG's faces. Made once per process (the app keeps
+    one; scripts use ``get_detector``).
     """
 
-    def __init__(self, detect_side: int = DETECT_SIDE, landmarks: Path | None = None) -> None:
+    def __init__(
+        self,
+        detect_side: int = DETECT_SIDE,
+        landmarks: Path | None = None,
+        kind: str = DEFAULT_DETECTOR,
+        keypoints: bool = True,
+        threads: int = 1,
+        detect_pixels: int = DETECT_PIXELS,
+    ) -> None:
         import dlib
 
-        self._detector: Any = dlib.get_frontal_face_detector()
+        if kind not in DETECTORS:
+            raise ValueError(f"AGE_FACE_DETECTOR must be one of {DETECTORS}, not {kind!r}")
+        self.kind = kind
+        self._blaze: Any = None
+        self._detector: Any = None
+        if kind == "blazeface":
+            from agegroup.blazeface import BlazeFace
+
+            self._blaze = BlazeFace(threads=threads)
+        else:
+            self._detector = dlib.get_frontal_face_detector()
+        self._keypoints = keypoints and kind == "blazeface"
         self._shape_predictor: Any = None
         if landmarks is not None:
             if not Path(landmarks).is_file():
                 raise FileNotFoundError(f"no face landmark model at {landmarks}")
             self._shape_predictor = dlib.shape_predictor(str(landmarks))
+            self._keypoints = False
         self._detect_side = detect_side
+        self._detect_pixels = detect_pixels
         # The dlib objects are shared by the server's threads; one detection at a time.
         self._lock = threading.Lock()
+        self._search_lock = threading.Lock()
 
     @property
     def has_landmarks(self) -> bool:
-        return self._shape_predictor is not None
+        return self._shape_predictor is not None or self._keypoints
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first."""
-        factor = min(self._detect_side / max(image.size), MAX_UPSCALE)
-        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if self._blaze is not None:
+            # One search at a time: each holds tens of MB of activations, and the server's
+            # threads share one CPU anyway (4 at once peaked at 617 MB in `agegroup.bench`).
+            with self._search_lock:
+                boxes = self._detect_blaze(rgb)
+        else:
+            boxes = self._detect_hog(rgb)
+        return sorted(boxes, key=lambda b: -b.score)
+
+    def _detect_hog(self, rgb: Image.Image) -> list[FaceBox]:
+        factor = min(self._detect_side / max(rgb.size), MAX_UPSCALE)
+        size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
         work = np.asarray(rgb.resize(size, RESAMPLE, reducing_gap=2.0))
         with self._lock:
             rects, scores, _ = self._detector.run(work, 0, 0.0)
-            shapes = [self._shape_predictor(work, r) for r in rects] if self.has_landmarks else []
         boxes = [
             FaceBox(
                 round(r.left() / factor),
@@ -189,19 +256,174 @@ class FaceDetector:
             )
             for r, s in zip(rects, scores, strict=True)
         ]
-        if shapes:
-            boxes = [
-                replace(box, landmarks=tuple((p.x / factor, p.y / factor) for p in shape.parts()))
-                for box, shape in zip(boxes, shapes, strict=True)
-            ]
-        kept = [b for b in boxes if not b.low_resolution or b.score >= SMALL_FACE_MIN_SCORE]
-        return sorted(kept, key=lambda b: -b.score)
+        boxes = self._with_landmarks(rgb, boxes)
+        return [b for b in boxes if not b.low_resolution or b.score >= SMALL_FACE_MIN_SCORE]
+
+    def _with_landmarks(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
+        """dlib's 5 landmarks on each box, found in a region around it (not the whole photo)."""
+        if self._shape_predictor is None or not boxes:
+            return boxes
+        import dlib
+
+        out = []
+        for box in boxes:
+            # The shape predictor reads pixels near the box only: a margin of one box is plenty.
+            left, top = max(0, box.x - box.w), max(0, box.y - box.h)
+            region = np.asarray(rgb.crop((left, top, box.x + 2 * box.w, box.y + 2 * box.h)))
+            rect = dlib.rectangle(
+                box.x - left, box.y - top, box.x - left + box.w, box.y - top + box.h
+            )
+            with self._lock:
+                shape = self._shape_predictor(region, rect)
+            points = tuple((p.x + left, p.y + top) for p in shape.parts())
+            out.append(replace(box, landmarks=points))
+        return out
+
+    def levels(self, width: int, height: int) -> list[float]:
+        """The scales BlazeFace searches a ``width`` x ``height`` photo at, finest first."""
+        scale = min(MAX_UPSCALE / 2, math.sqrt(self._detect_pixels / (width * height)))
+        scales = [scale]
+        while max(width, height) * scales[-1] > COARSEST_SIDE:
+            scales.append(max(scales[-1] / LEVEL_STEP, COARSEST_SIDE / max(width, height)))
+        return scales
+
+    def _detect_blaze(self, rgb: Image.Image) -> list[FaceBox]:
+
+        multiple = self._blaze.network.multiple
+        found = []
+        source = rgb
+        for scale in self.levels(rgb.width, rgb.height):
+            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            # Pad to whole cells; the coarsest level gets a margin so a face that fills the
+            # photo is still no larger than the network's faces.
+            pad = multiple if max(size) <= COARSEST_SIDE else 0
+            padded = (-(-(size[0] + pad) // multiple) * multiple,
+                      -(-(size[1] + pad) // multiple) * multiple)  # fmt: skip
+            work = np.zeros((padded[1], padded[0], 3), np.uint8)
+            offset = ((padded[0] - size[0]) // 2, (padded[1] - size[1]) // 2)
+            # Each level is shrunk from the one before: cheaper than from the photo each time.
+            small = (
+                source.resize(size, RESAMPLE, reducing_gap=2.0) if size != source.size else source
+            )
+            source = small
+            work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = small
+            hits = self._blaze(work, CANDIDATE_SCORE)
+            back = np.array([scale, scale])
+            origin = np.array(offset, dtype=np.float32)
+            found.append(
+                Detections(
+                    hits.scores,
+                    ((hits.boxes.reshape(-1, 2, 2) - origin) / back).reshape(-1, 4),
+                    (hits.keypoints - origin) / back,
+                )
+            )
+        merged = Detections(*(np.concatenate(parts) for parts in zip(*(
+            (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
+        if len(merged.scores) > MAX_CANDIDATES:
+            top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
+            merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
+        faces = self._verified(rgb, weighted_nms(merged))
+        boxes = [
+            _utk_box(box, float(score), points)
+            for score, box, points in zip(faces.scores, faces.boxes, faces.keypoints, strict=True)
+        ]
+        if not self._keypoints:
+            boxes = [replace(b, landmarks=None) for b in boxes]
+        return self._with_landmarks(rgb, boxes)
+
+    def _verified(self, rgb: Image.Image, candidates: Detections) -> Detections:
+        """The candidates that BlazeFace finds again in a window around each, at its best scale."""
+
+        kept: list[tuple[float, np.ndarray, np.ndarray]] = []
+        looks = 0
+        order = np.argsort(-candidates.scores)
+        for score, box, points in zip(
+            candidates.scores[order],
+            candidates.boxes[order],
+            candidates.keypoints[order],
+            strict=True,
+        ):
+            if score >= SURE_SCORE:  # no clutter scored this high in the search: keep as is
+                kept.append((float(score), box, points))
+                continue
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            side = max(box[2] - box[0], box[3] - box[1], 1.0) * VERIFY_WINDOW
+            for degrees in VERIFY_TURNS:
+                if looks >= MAX_LOOKS:
+                    break
+                looks += 1
+                again = self._look_again(rgb, cx, cy, side, degrees)
+                if again is not None:
+                    kept.append(again)
+                    break
+        if not kept:
+            return Detections(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 6, 2)))
+        scores, boxes, points = zip(*kept, strict=True)
+        return weighted_nms(Detections(np.array(scores), np.array(boxes), np.array(points)))
+
+    def _look_again(
+        self, rgb: Image.Image, cx: float, cy: float, side: float, degrees: float
+    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """The face in a ``side`` window centred on ``(cx, cy)``, turned by ``degrees``."""
+        f = side / VERIFY_INPUT
+        cos, sin = f * math.cos(math.radians(degrees)), f * math.sin(math.radians(degrees))
+        c = VERIFY_INPUT / 2
+        affine = np.array([[cos, -sin, cx - cos * c + sin * c], [sin, cos, cy - sin * c - cos * c]])
+        window = rgb.transform(
+            (VERIFY_INPUT, VERIFY_INPUT),
+            Image.Transform.AFFINE,
+            tuple(affine.ravel()),
+            resample=Image.Resampling.BILINEAR,
+        )
+        hits = self._blaze(np.asarray(window), FACE_SCORE)
+        mid = (hits.boxes[:, :2] + hits.boxes[:, 2:]) / 2
+        near = np.flatnonzero(np.hypot(*(mid - c).T) < VERIFY_INPUT / 4)
+        if not len(near):
+            return None
+        best = near[np.argmax(hits.scores[near])]
+        centre = affine[:, :2] @ mid[best] + affine[:, 2]
+        half = (hits.boxes[best, 2:] - hits.boxes[best, :2]) * f / 2
+        points = hits.keypoints[best] @ affine[:, :2].T + affine[:, 2]
+        return float(hits.scores[best]), np.concatenate([centre - half, centre + half]), points
+
+
+def _utk_box(box: np.ndarray, score: float, keypoints: np.ndarray) -> FaceBox:
+    """BlazeFace's box as the box HOG would draw (``BOX_TO_CROP`` of UTKFace's crop side).
+
+    Its eyes, nose tip and mouth become the landmarks; its box is moved and scaled by where it
+    sits on UTKFace crops on average (``BLAZE_BOX_IN_CROP``).
+    """
+    dx, dy, side_ratio = BLAZE_BOX_IN_CROP
+    x0, y0, x1, y1 = (float(v) for v in box)
+    crop_side = max(x1 - x0, y1 - y0) / side_ratio
+    cx, cy = (x0 + x1) / 2 - dx * crop_side, (y0 + y1) / 2 - dy * crop_side
+    side = BOX_TO_CROP * crop_side
+    points = tuple((float(x), float(y)) for x, y in keypoints[:4])
+    return FaceBox(
+        round(cx - side / 2), round(cy - side / 2), round(side), round(side), score, points
+    )
 
 
 @lru_cache(maxsize=1)
 def get_detector() -> FaceDetector:
-    """A process-wide detector with the packaged landmark model, for scripts and tests."""
-    return FaceDetector(landmarks=landmark_model_path())
+    """A process-wide detector as the app makes it by default, for scripts and tests."""
+    return make_detector(DEFAULT_DETECTOR, "auto")
+
+
+def make_detector(kind: str, landmarks: str = "auto", threads: int = 1) -> FaceDetector:
+    """The detector ``AGE_FACE_DETECTOR`` and ``AGE_FACE_LANDMARKS`` ask for.
+
+    ``auto`` aligns faces by dlib's packaged 5-point model, found on either detector's boxes
+    (on Grace Hopper's face turned 20 degrees, its aligned crop is twice as close to the
+    upright one as with BlazeFace's keypoints), and by BlazeFace's keypoints when that model
+    is not installed; ``keypoints`` asks for BlazeFace's keypoints; ``off`` crops by the box;
+    a path names another dlib 5-point model.
+    """
+    setting = landmarks.strip().lower()
+    if kind == "blazeface" and setting in ("keypoints", "off"):
+        return FaceDetector(kind=kind, keypoints=setting == "keypoints", threads=threads)
+    path = landmark_model_path(landmarks)
+    return FaceDetector(kind=kind, landmarks=path, keypoints=path is None, threads=threads)
 
 
 def select_faces(boxes: list[FaceBox], limit: int = MAX_FACES) -> list[FaceBox]:
@@ -221,16 +443,22 @@ def crop_region(box: FaceBox) -> tuple[float, float, float, float]:
 def similarity_to(points: list[Point] | tuple[Point, ...], size: int) -> tuple[float, ...]:
     """``(a, b, tx, ty)``: the least-squares similarity taking crop pixels to photo pixels.
 
-    It maps ``LANDMARK_TEMPLATE`` (scaled to a ``size`` crop) onto ``points``:
-    ``x' = a x - b y + tx``, ``y' = b x + a y + ty``.
+    It maps the template of these points (``LANDMARK_TEMPLATE`` for dlib's 5 landmarks,
+    ``KEYPOINT_TEMPLATE`` for BlazeFace's 4 keypoints), scaled to a ``size`` crop, onto
+    ``points``: ``x' = a x - b y + tx``, ``y' = b x + a y + ty``.
     """
-    src = np.asarray(LANDMARK_TEMPLATE, dtype=np.float64) * (size / CROP_SIZE)
+    dlib_points = len(points) == len(LANDMARK_TEMPLATE)
+    template = LANDMARK_TEMPLATE if dlib_points else KEYPOINT_TEMPLATE
+    weights = np.ones(len(template)) if dlib_points else np.asarray(KEYPOINT_WEIGHTS)
+    weights = weights[:, None] / weights.sum()
+    src = np.asarray(template, dtype=np.float64) * (size / CROP_SIZE)
     dst = np.asarray(points, dtype=np.float64)
-    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
+    src_mean, dst_mean = (weights * src).sum(0), (weights * dst).sum(0)
+    src_c, dst_c = (src - src_mean) * np.sqrt(weights), (dst - dst_mean) * np.sqrt(weights)
     norm = (src_c**2).sum()
     a = float((src_c * dst_c).sum() / norm)
     b = float((src_c[:, 0] * dst_c[:, 1] - src_c[:, 1] * dst_c[:, 0]).sum() / norm)
-    tx, ty = dst.mean(0) - np.array([[a, -b], [b, a]]) @ src.mean(0)
+    tx, ty = dst_mean - np.array([[a, -b], [b, a]]) @ src_mean
     return a, b, float(tx), float(ty)
 
 

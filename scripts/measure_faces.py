@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agegroup.analysis import analyze  # noqa: E402
-from agegroup.faces import FaceDetector, get_detector  # noqa: E402
+from agegroup.faces import DEFAULT_DETECTOR, get_detector, make_detector  # noqa: E402
 from agegroup.images import DecodedImage  # noqa: E402
 from agegroup.predictor import predict_flip_averaged  # noqa: E402
 from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples  # noqa: E402
@@ -202,7 +202,7 @@ def measure_accuracy(samples, image_dir: Path, predictor) -> dict:
     )
     report: dict = {"faces": len(samples), "accuracy_original_crops": acc(direct == truth)}
     sides = (80, 140, 240)
-    detectors = {"landmarks": get_detector(), "boxes_only": FaceDetector(landmarks=None)}
+    detectors = {"landmarks": get_detector(), "boxes_only": make_detector(DEFAULT_DETECTOR, "off")}
     for name, detector in detectors.items():
         piped, found = [], []
         for i, face in enumerate(originals):

@@ -1,0 +1,141 @@
+"""MediaPipe's BlazeFace face detectors, run with onnxruntime (no torch, no TFLite).
+
+The networks are Google's ``face_detection_full_range`` and ``face_detection_short_range``
+(Apache-2.0, from the npm package ``@mediapipe/face_detection``), converted once to ONNX by
+``scripts/convert_blazeface.py`` with a free input size: they are fully convolutional, so a
+whole photo goes through in one run and every cell of the output grid is an anchor, exactly as
+MediaPipe's 192 x 192 (128 x 128) grid is. Decoding follows MediaPipe's calculators for these
+models: anchor centres at the cell centres, fixed anchor size, offsets in input pixels, a
+sigmoid score, and six keypoints (the eyes, the tip of the nose, the mouth and the ears).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agegroup.config import PROJECT_ROOT
+
+MODEL_DIR = PROJECT_ROOT / "model" / "blazeface"
+
+
+@dataclass(frozen=True)
+class Network:
+    """One BlazeFace model: its file, its output grids and the input side it was trained on."""
+
+    file: str
+    # (stride, anchors per cell) of the output grids, in the order of the output rows.
+    grids: tuple[tuple[int, int], ...]
+    # Input sizes must be multiples of this (the deepest stride), so padding stays "same".
+    multiple: int
+
+
+FULL_RANGE = Network("face_detection_full_range.onnx", ((4, 1),), 32)
+SHORT_RANGE = Network("face_detection_short_range.onnx", ((8, 2), (16, 6)), 16)
+NETWORKS = {"full": FULL_RANGE, "short": SHORT_RANGE}
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Candidate faces in input pixels: ``boxes`` as ``x0, y0, x1, y1``; 6 keypoints each."""
+
+    scores: np.ndarray  # (n,)
+    boxes: np.ndarray  # (n, 4)
+    keypoints: np.ndarray  # (n, 6, 2)
+
+
+def anchor_centres(network: Network, height: int, width: int) -> np.ndarray:
+    """The ``(x, y)`` centre of every anchor for an input of ``height`` x ``width``."""
+    rows = []
+    for stride, per_cell in network.grids:
+        ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]
+        centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1) * stride
+        rows.append(np.repeat(centres, per_cell, axis=0))
+    return np.concatenate(rows).astype(np.float32)
+
+
+class BlazeFace:
+    """A BlazeFace network in an onnxruntime session, shared by the server's threads."""
+
+    def __init__(self, network: Network = FULL_RANGE, folder: Path = MODEL_DIR, threads: int = 1):
+        import onnxruntime as ort
+
+        path = Path(folder) / network.file
+        if not path.is_file():
+            raise FileNotFoundError(f"no BlazeFace model at {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # Spinning pool threads would burn a shared host's small CPU share between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Every photo shape is a new input shape: an arena or cached memory patterns would keep
+        # the largest of each and grow the process (measured: +140 MB over 1,000 requests).
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        self.network = network
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._anchors: dict[tuple[int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def anchors(self, height: int, width: int) -> np.ndarray:
+        key = (height, width)
+        with self._lock:
+            if key not in self._anchors:
+                if len(self._anchors) > 16:  # photos come in many shapes: keep a few
+                    self._anchors.clear()
+                self._anchors[key] = anchor_centres(self.network, height, width)
+            return self._anchors[key]
+
+    def __call__(self, pixels: np.ndarray, min_score: float) -> Detections:
+        """Faces in an ``H x W x 3`` uint8 RGB array whose sides are multiples of ``multiple``."""
+        height, width = pixels.shape[:2]
+        m = self.network.multiple
+        if height % m or width % m:
+            raise ValueError(f"input sides must be multiples of {m}, got {width} x {height}")
+        x = pixels.astype(np.float32).transpose(2, 0, 1)[None] * (2 / 255) - 1
+        outputs = dict(zip(self._outputs, self._session.run(None, {"input": x}), strict=True))
+        regress = next(v for v in outputs.values() if v.shape[-1] == 16)[0]
+        logits = next(v for v in outputs.values() if v.shape[-1] == 1)[0, :, 0]
+        keep = np.flatnonzero(logits > np.log(min_score / (1 - min_score)))
+        centres = self.anchors(height, width)[keep]
+        raw = regress[keep]
+        scores = 1 / (1 + np.exp(-np.clip(logits[keep], -100, 100)))
+        mid = raw[:, :2] + centres
+        half = raw[:, 2:4] / 2
+        boxes = np.concatenate([mid - half, mid + half], axis=1)
+        keypoints = raw[:, 4:].reshape(-1, 6, 2) + centres[:, None, :]
+        return Detections(scores, boxes, keypoints)
+
+
+def weighted_nms(found: Detections, overlap: float = 0.3) -> Detections:
+    """MediaPipe's blending suppression: overlapping candidates are averaged, score-weighted.
+
+    Blending (rather than keeping the best candidate) steadies the box and the keypoints,
+    which the crop is aligned by.
+    """
+    order = np.argsort(-found.scores)
+    scores, boxes, points = found.scores[order], found.boxes[order], found.keypoints[order]
+    areas = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 0), axis=1)
+    remaining = np.ones(len(order), dtype=bool)
+    out_s, out_b, out_k = [], [], []
+    for i in range(len(order)):
+        if not remaining[i]:
+            continue
+        lo = np.maximum(boxes[i, :2], boxes[:, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[:, 2:])
+        inter = np.prod(np.maximum(hi - lo, 0), axis=1)
+        iou = inter / np.maximum(areas[i] + areas - inter, 1e-6)
+        group = remaining & (iou > overlap)
+        remaining &= ~group
+        weights = scores[group] / scores[group].sum()
+        out_s.append(scores[i])
+        out_b.append((boxes[group] * weights[:, None]).sum(0))
+        out_k.append((points[group] * weights[:, None, None]).sum(0))
+    if not out_s:
+        return Detections(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 6, 2)))
+    return Detections(np.array(out_s), np.array(out_b), np.array(out_k))

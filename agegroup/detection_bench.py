@@ -1,0 +1,576 @@
+"""Face-detection benchmark: recall, false faces, accuracy through the pipeline, and time.
+
+    python -m agegroup.detection_bench                  # full run (a few minutes on 2 cores)
+    python -m agegroup.detection_bench --quick          # a smaller run of the same kind
+    python -m agegroup.detection_bench --template 300   # BlazeFace's keypoints on UTKFace crops
+
+Photos are made, with fixed seeds, from UTKFace test-split crops (all their poses) pasted into
+larger cluttered photos (640 x 480 to 1280 x 960): face sizes 32, 48, 80, 160 and 320 px (the
+side of the pasted 200 x 200 crop), turned by up to 30 degrees either way, plain, grey, blurred,
+darkened or partly covered, one to four per photo, saved as JPEG. Faceless photos (textures,
+terrain maps, text, drawings and charts rendered with Pillow and matplotlib, matplotlib's
+sample photos) count false faces. Every detector runs on the same photos; each is timed per
+photo. With the shipped ONNX model, faces pasted alone (80-320 px, turned as above) are also
+predicted through detect + align + crop and compared with their original crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import string
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from agegroup.config import PROJECT_ROOT
+from agegroup.faces import FaceDetector, make_detector
+
+SIZES = (32, 48, 80, 160, 320)
+CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
+PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
+ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
+DETECTORS = ("blazeface", "blazeface+keypoints", "hog")
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "utkface"
+
+
+@dataclass(frozen=True)
+class Face:
+    """A pasted face: centre and side in photo pixels, its turn and condition."""
+
+    cx: float
+    cy: float
+    side: int
+    degrees: float
+    condition: str
+
+
+# --- photos ---------------------------------------------------------------------------------
+
+
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """matplotlib's DejaVu Sans (always installed with it), else Pillow's built-in font."""
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return ImageFont.truetype(str(path), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size)
+
+
+def clutter(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """Smooth colour noise with shapes, lines and words: clutter without faces."""
+    w, h = size
+    cell = int(rng.integers(8, 40))
+    coarse = rng.integers(0, 255, (h // cell + 2, w // cell + 2, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((w + 2 * cell, h + 2 * cell), Image.Resampling.BICUBIC)
+    image = image.crop((cell, cell, cell + w, cell + h))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(8, 30))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(5, w // 3)), y0 + int(rng.integers(5, h // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        elif kind == 2:
+            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, 8)))
+        else:
+            words = "".join(rng.choice(list(string.ascii_letters + "  "), 12))
+            draw.text((x0, y0), words, fill=colour, font=font(int(rng.integers(10, 60))))
+    return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
+
+
+def with_condition(face: Image.Image, condition: str, rng: np.random.Generator) -> Image.Image:
+    """The face crop (at its pasted size) grey, blurred, darkened or partly covered."""
+    if condition == "grey":
+        return face.convert("L").convert("RGB")
+    if condition == "blur":
+        return face.filter(ImageFilter.GaussianBlur(face.width * 0.015))
+    if condition == "dark":
+        dark = np.asarray(face, dtype=np.float32) * 0.3 + rng.normal(
+            0, 3, (face.height, face.width, 3)
+        )
+        return Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8))
+    if condition == "covered":
+        face = face.copy()
+        s = face.width
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        box = ((0, int(0.68 * s), s, s), (0, 0, int(0.3 * s), s), (int(0.7 * s), 0, s, s))
+        ImageDraw.Draw(face).rectangle(box[int(rng.integers(0, 3))], fill=colour)
+        return face
+    return face
+
+
+def place(photo: Image.Image, crop: Image.Image, face: Face, rng: np.random.Generator) -> None:
+    """Paste ``crop`` at ``face``: resized, conditioned, then turned about its centre."""
+    square = with_condition(
+        crop.resize((face.side, face.side), Image.Resampling.BILINEAR), face.condition, rng
+    )
+    rgba = square.convert("RGBA").rotate(
+        face.degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=(0, 0, 0, 0)
+    )
+    photo.paste(rgba, (round(face.cx - rgba.width / 2), round(face.cy - rgba.height / 2)), rgba)
+
+
+def as_jpeg(photo: Image.Image, quality: int = 88) -> Image.Image:
+    """The photo after a JPEG round trip, as an upload would be."""
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def face_photos(
+    crops: list[Image.Image], count: int, seed: int
+) -> list[tuple[Image.Image, list[Face]]]:
+    """``count`` photos of 1-4 faces; sizes and conditions cycle, so each is equally common."""
+    photos = []
+    j = 0
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
+        size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
+        photo = clutter(size, rng)
+        faces: list[Face] = []
+        for _ in range(int(rng.integers(1, 5))):
+            side = SIZES[j % len(SIZES)]
+            condition = CONDITIONS[(j // len(SIZES)) % len(CONDITIONS)]
+            degrees = float(rng.uniform(-30, 30))
+            reach = (
+                side
+                * (abs(math.cos(math.radians(degrees))) + abs(math.sin(math.radians(degrees))))
+                / 2
+            )
+            for _ in range(100):
+                cx = float(rng.uniform(reach, size[0] - reach))
+                cy = float(rng.uniform(reach, size[1] - reach))
+                if all(math.hypot(cx - f.cx, cy - f.cy) > reach + f.side * 0.71 for f in faces):
+                    break
+            else:
+                continue
+            face = Face(cx, cy, side, degrees, condition)
+            place(photo, crops[j % len(crops)], face, rng)
+            faces.append(face)
+            j += 1
+        photos.append((as_jpeg(photo), faces))
+    return photos
+
+
+def _terrain(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    import matplotlib
+    from matplotlib import cbook
+
+    name, key = (("jacksboro_fault_dem.npz", "elevation"), ("topobathy.npz", "topo"))[
+        int(rng.integers(0, 2))
+    ]
+    z = np.asarray(cbook.get_sample_data(name)[key], dtype=np.float32)
+    z = (z - z.min()) / max(1e-6, float(z.max() - z.min()))
+    cmap = matplotlib.colormaps[str(rng.choice(["terrain", "gist_earth", "viridis", "copper"]))]
+    rgb = (cmap(z)[..., :3] * 255).astype(np.uint8)
+    return Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC)
+
+
+def _chart(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.linspace(0, 10, 200)
+    for k in range(int(rng.integers(1, 5))):
+        ax.plot(x, np.sin(x * rng.uniform(0.3, 3)) * rng.uniform(0.5, 3) + k, lw=2)
+    ax.scatter(rng.uniform(0, 10, 40), rng.uniform(-2, 5, 40), s=rng.uniform(5, 200, 40))
+    ax.set_title("".join(rng.choice(list(string.ascii_letters), 10)))
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).resize(size)
+
+
+def _sample_photo(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    from matplotlib import cbook
+
+    name = ("Minduka_Present_Blue_Pack.png", "logo2.png")[int(rng.integers(0, 2))]
+    with Image.open(cbook.get_sample_data(name)) as image:
+        base = image.convert("RGB")
+    canvas = clutter(size, rng)
+    scale = float(rng.uniform(0.3, 1.0)) * min(size[0] / base.width, size[1] / base.height)
+    small = base.resize((max(1, int(base.width * scale)), max(1, int(base.height * scale))))
+    canvas.paste(
+        small,
+        (
+            int(rng.integers(0, size[0] - small.width + 1)),
+            int(rng.integers(0, size[1] - small.height + 1)),
+        ),
+    )
+    return canvas
+
+
+def _texture(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    kind = int(rng.integers(0, 3))
+    if kind == 0:  # stripes / waves
+        f = rng.uniform(0.01, 0.2, 2)
+        v = np.sin(x * f[0] + np.sin(y * f[1]) * rng.uniform(0, 5))
+    elif kind == 1:  # checkerboard
+        c = int(rng.integers(4, 64))
+        v = ((x // c + y // c) % 2) * 2 - 1.0
+    else:  # fine noise
+        v = rng.normal(0, 1, (h, w))
+    colours = rng.integers(0, 255, (2, 3))
+    t = ((v + 1) / 2)[..., None].clip(0, 1)
+    return Image.fromarray((colours[0] * t + colours[1] * (1 - t)).astype(np.uint8))
+
+
+def _text(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(150, 255, 3)))
+    draw = ImageDraw.Draw(image)
+    y = 0
+    while y < size[1]:
+        line_font = int(rng.integers(12, 90))
+        words = " ".join(
+            "".join(
+                rng.choice(list(string.ascii_letters + "0123456789@&"), int(rng.integers(1, 9)))
+            )
+            for _ in range(12)
+        )
+        draw.text(
+            (int(rng.integers(-20, 20)), y),
+            words,
+            fill=tuple(int(c) for c in rng.integers(0, 120, 3)),
+            font=font(line_font),
+        )
+        y += int(line_font * 1.3)
+    return image
+
+
+FACELESS_KINDS = {
+    "texture": _texture,
+    "scene": lambda rng, size: clutter(size, rng),
+    "terrain": _terrain,
+    "text": _text,
+    "chart": _chart,
+    "sample_photo": _sample_photo,
+}
+
+
+def faceless_photos(count: int, seed: int) -> list[tuple[str, Image.Image]]:
+    kinds = list(FACELESS_KINDS)
+    photos = []
+    for i in range(count):
+        rng = np.random.default_rng(seed + i)
+        size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
+        kind = kinds[i % len(kinds)]
+        photos.append((kind, as_jpeg(FACELESS_KINDS[kind](rng, size))))
+    return photos
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+
+def matches(box: tuple[int, int, int, int], face: Face) -> bool:
+    """A box is the face's when its centre is within half a side of the face's centre and its
+    side is 0.4-1.6 times the face's (boxes are ``BOX_TO_CROP`` of the crop side)."""
+    x, y, w, h = box
+    cx, cy = x + w / 2, y + h / 2
+    return (
+        math.hypot(cx - face.cx, cy - face.cy) <= 0.5 * face.side
+        and 0.4 * face.side <= max(w, h) <= 1.6 * face.side
+    )
+
+
+def score_photo(
+    boxes: list[tuple[int, int, int, int]], faces: list[Face]
+) -> tuple[list[bool], int]:
+    """Which faces were found (each box used once) and how many boxes matched no face."""
+    unused = list(boxes)
+    found = []
+    for face in faces:
+        hit = next((b for b in unused if matches(b, face)), None)
+        if hit is not None:
+            unused.remove(hit)
+        found.append(hit is not None)
+    return found, len(unused)
+
+
+def rate(hits: list[bool]) -> float | None:
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
+    made = {}
+    for name in names:
+        if name == "blazeface":
+            made[name] = make_detector("blazeface", "auto", threads)
+        elif name == "blazeface+keypoints":
+            made[name] = make_detector("blazeface", "keypoints", threads)
+        elif name == "hog":
+            made[name] = make_detector("hog", "auto", threads)
+        else:
+            raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
+    return made
+
+
+def timed_boxes(detector: FaceDetector, photo: Image.Image) -> tuple[list, float]:
+    started = time.perf_counter()
+    boxes = detector.detect(photo)
+    return boxes, (time.perf_counter() - started) * 1000
+
+
+def measure_detection(detector: FaceDetector, photos: list, faceless: list) -> dict[str, Any]:
+    by_size: dict[int, list[bool]] = {s: [] for s in SIZES}
+    by_condition: dict[str, list[bool]] = {c: [] for c in CONDITIONS}
+    by_rotation: dict[str, list[bool]] = {f"{a}-{min(b, 30)}": [] for a, b in ROTATION_BINS}
+    extra, times = 0, []
+    for photo, faces in photos:
+        boxes, ms = timed_boxes(detector, photo)
+        times.append(ms)
+        found, unmatched = score_photo([(b.x, b.y, b.w, b.h) for b in boxes], faces)
+        extra += unmatched
+        for face, hit in zip(faces, found, strict=True):
+            by_size[face.side].append(hit)
+            by_condition[face.condition].append(hit)
+            for a, b in ROTATION_BINS:
+                if a <= abs(face.degrees) < b:
+                    by_rotation[f"{a}-{min(b, 30)}"].append(hit)
+    false_by_kind: dict[str, int] = {}
+    for kind, photo in faceless:
+        boxes, ms = timed_boxes(detector, photo)
+        times.append(ms)
+        false_by_kind[kind] = false_by_kind.get(kind, 0) + len(boxes)
+    all_hits = [h for hits in by_size.values() for h in hits]
+    big = [h for s, hits in by_size.items() if s >= 48 for h in hits]
+    return {
+        "faces": len(all_hits),
+        "recall": rate(all_hits),
+        "recall_48px_and_up": rate(big),
+        "recall_by_size": {str(s): rate(h) for s, h in by_size.items()},
+        "recall_by_condition": {c: rate(h) for c, h in by_condition.items()},
+        "recall_by_rotation": {r: rate(h) for r, h in by_rotation.items()},
+        "false_faces_per_100_faceless": round(
+            100 * sum(false_by_kind.values()) / max(1, len(faceless)), 2
+        ),
+        "false_faces_by_kind": false_by_kind,
+        "unmatched_boxes_on_face_photos": extra,
+        "ms_per_photo_p50": round(float(np.percentile(times, 50)), 1),
+        "ms_per_photo_p95": round(float(np.percentile(times, 95)), 1),
+    }
+
+
+def measure_accuracy(
+    detector: FaceDetector, crops: list[Image.Image], buckets: list[int], predictor: Any, seed: int
+) -> dict[str, Any]:
+    """The model through detect + align + crop, against the same faces' original crops."""
+    from agegroup.analysis import analyze
+    from agegroup.images import DecodedImage
+    from agegroup.predictor import predict_flip_averaged
+
+    truth = np.array(buckets)
+    direct = np.concatenate(
+        [
+            predict_flip_averaged(predictor, crops[i : i + 32]).argmax(1)
+            for i in range(0, len(crops), 32)
+        ]
+    )
+    piped, found = [], []
+    for i, crop in enumerate(crops):
+        rng = np.random.default_rng(seed + i)
+        side = (80, 160, 320)[i % 3]
+        photo = clutter((800, 600), rng)
+        face = Face(
+            float(rng.uniform(200, 600)),
+            float(rng.uniform(200, 400)),
+            side,
+            float(rng.uniform(-30, 30)),
+            "plain",
+        )
+        place(photo, crop, face, rng)
+        photo = as_jpeg(photo)
+        result = analyze(
+            DecodedImage(photo, photo.width, photo.height, "JPEG"), predictor, detector=detector
+        )
+        hit = [f for f in result.faces if f.box is not None and matches(f.box, face)]
+        found.append(bool(hit))
+        # Without a match the user sees the first entry (the whole-photo guess or a wrong box).
+        piped.append((hit or result.faces)[0].bucket_index)
+    piped_arr, found_arr = np.array(piped), np.array(found)
+    return {
+        "faces": len(crops),
+        "accuracy_original_crops": rate(list(direct == truth)),
+        "accuracy_pipeline": rate(list(piped_arr == truth)),
+        "found": rate(list(found_arr)),
+        "accuracy_original_on_found": rate(list((direct == truth)[found_arr])),
+        "accuracy_pipeline_on_found": rate(list((piped_arr == truth)[found_arr])),
+    }
+
+
+def measure_template(detector: FaceDetector, crops: list[Image.Image]) -> dict[str, Any]:
+    """Where BlazeFace's keypoints and box sit on UTKFace crops (200 px), on average.
+
+    Each crop is pasted at 100 px, in the middle of BlazeFace's best range, on a plain canvas.
+    """
+    from agegroup.blazeface import weighted_nms
+
+    points, boxes = [], []
+    for crop in crops:
+        canvas = Image.new("RGB", (256, 256), (90, 90, 90))
+        canvas.paste(crop.resize((100, 100), Image.Resampling.BILINEAR), (78, 78))
+        hits = weighted_nms(detector._blaze(np.asarray(canvas), 0.5))  # noqa: SLF001
+        if len(hits.scores):
+            best = int(np.argmax(hits.scores))
+            points.append((hits.keypoints[best, :4] - 78) * 2)
+            boxes.append((hits.boxes[best] - 78) * 2)
+    b = np.array(boxes)
+    side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    report = {
+        "crops": len(crops),
+        "found": len(points),
+        "keypoint_template": np.round(np.mean(points, axis=0), 1).tolist(),
+        "keypoint_sd": np.round(np.std(points, axis=0), 1).tolist(),
+        "box_in_crop": [
+            round(float(((b[:, 0] + b[:, 2]) / 2 - 100).mean() / 200), 3),
+            round(float(((b[:, 1] + b[:, 3]) / 2 - 100).mean() / 200), 3),
+            round(float(side.mean() / 200), 3),
+        ],
+    }
+    print(json.dumps(report), flush=True)
+    return report
+
+
+def load_crops(
+    data: Path, count: int, offset: int, test: bool = True
+) -> tuple[list[Image.Image], list[int]]:
+    """``count`` UTKFace crops of the test (or training) split, shuffled with a fixed seed."""
+    import random
+
+    from agegroup.training.data import image_dir_of, list_samples
+
+    image_dir = image_dir_of(data)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"UTKFace is not at {data} (need {image_dir})")
+    samples = [s for s in list_samples(data) if s.is_test == test]
+    random.Random(0).shuffle(samples)
+    chosen = samples[offset : offset + count]
+    return [Image.open(image_dir / s.name).convert("RGB") for s in chosen], [
+        s.bucket for s in chosen
+    ]
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's side-by-side table."""
+    names = list(report["detection"])
+    rows = [("faces (photos with faces / faceless)", lambda d: f"{d['faces']}")]
+    rows += [
+        (f"recall, {s} px faces", lambda d, s=s: _share(d["recall_by_size"][str(s)])) for s in SIZES
+    ]
+    rows.append(("recall, 48 px and up", lambda d: _share(d["recall_48px_and_up"])))
+    rows += [
+        (f"recall, turned {r} degrees", lambda d, r=r: _share(d["recall_by_rotation"][r]))
+        for r in report["detection"][names[0]]["recall_by_rotation"]
+    ]
+    rows += [
+        (f"recall, {c}", lambda d, c=c: _share(d["recall_by_condition"][c])) for c in CONDITIONS
+    ]
+    rows.append(
+        (
+            "false faces per 100 faceless photos",
+            lambda d: f"{d['false_faces_per_100_faceless']:.1f}",
+        )
+    )
+    rows.append(
+        (
+            "detection ms per photo, p50 / p95",
+            lambda d: f"{d['ms_per_photo_p50']:.0f} / {d['ms_per_photo_p95']:.0f}",
+        )
+    )
+    lines = ["| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, cell in rows:
+        lines.append(
+            f"| {label} | " + " | ".join(cell(report["detection"][n]) for n in names) + " |"
+        )
+    for name, acc in report.get("accuracy", {}).items():
+        lines.append(
+            f"| accuracy through the pipeline ({name}) | {acc['accuracy_pipeline']:.3f} vs "
+            f"{acc['accuracy_original_crops']:.3f} on the original crops ({acc['faces']} faces, "
+            f"{acc['found']:.3f} found) |" + " |" * (len(names) - 1)
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UTKFace folder")
+    parser.add_argument(
+        "--quick", action="store_true", help="60 face photos, 60 faceless, 60 faces for accuracy"
+    )
+    parser.add_argument("--photos", type=int, default=250, help="photos with faces")
+    parser.add_argument("--faceless", type=int, default=240, help="photos without a face")
+    parser.add_argument("--accuracy", type=int, default=600, help="faces for accuracy (0: skip)")
+    parser.add_argument(
+        "--detectors", default=",".join(DETECTORS), help=f"comma-separated, of {DETECTORS}"
+    )
+    parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.onnx")
+    parser.add_argument("--threads", type=int, default=1, help="detector and model threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--template", type=int, metavar="N", help="only measure BlazeFace's template"
+    )
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.photos, args.faceless, args.accuracy = (
+            min(args.photos, 60),
+            min(args.faceless, 60),
+            min(args.accuracy, 60),
+        )
+    try:
+        if args.template:
+            crops, _ = load_crops(args.data, args.template, 0, test=False)
+            measure_template(make_detector("blazeface", "auto"), crops)
+            return 0
+        crops, _ = load_crops(args.data, 400, 0)
+        photos = face_photos(crops, args.photos, 10_000 + args.seed)
+        faceless = faceless_photos(args.faceless, 20_000 + args.seed)
+        made = detectors([n for n in args.detectors.split(",") if n], args.threads)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"detection_bench: {exc}", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {"photos": len(photos), "faceless": len(faceless), "detection": {}}
+    for name, detector in made.items():
+        report["detection"][name] = measure_detection(detector, photos, faceless)
+        print(name, json.dumps(report["detection"][name]), flush=True)
+    if args.accuracy:
+        from agegroup.lean import OnnxPredictor
+
+        predictor = OnnxPredictor(args.model, args.model.parent, args.threads)
+        acc_crops, buckets = load_crops(args.data, args.accuracy, 400)
+        report["accuracy"] = {}
+        for name, detector in made.items():
+            report["accuracy"][name] = measure_accuracy(
+                detector, acc_crops, buckets, predictor, 30_000 + args.seed
+            )
+            print("accuracy", name, json.dumps(report["accuracy"][name]), flush=True)
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
