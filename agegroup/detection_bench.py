@@ -374,12 +374,12 @@ def measure_accuracy(
     """The model through detect + align + crop, against the same faces' original crops."""
     from agegroup.analysis import analyze
     from agegroup.images import DecodedImage
-    from agegroup.predictor import predict_flip_averaged
+    from agegroup.predictor import predict_groups
 
     truth = np.array(buckets)
     direct = np.concatenate(
         [
-            predict_flip_averaged(predictor, crops[i : i + 32]).argmax(1)
+            predict_groups(predictor, crops[i : i + 32])[0].argmax(1)
             for i in range(0, len(crops), 32)
         ]
     )

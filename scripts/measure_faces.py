@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agegroup.analysis import analyze  # noqa: E402
 from agegroup.faces import DEFAULT_DETECTOR, get_detector, make_detector  # noqa: E402
 from agegroup.images import DecodedImage  # noqa: E402
-from agegroup.predictor import predict_flip_averaged  # noqa: E402
+from agegroup.predictor import predict_groups  # noqa: E402
 from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples  # noqa: E402
 
 SCALES = (48, 80, 140, 240)
@@ -196,7 +196,7 @@ def measure_accuracy(samples, image_dir: Path, predictor) -> dict:
     truth = np.array([s.bucket for s in samples])
     direct = np.concatenate(
         [
-            predict_flip_averaged(predictor, originals[i : i + 64]).argmax(1)
+            predict_groups(predictor, originals[i : i + 64])[0].argmax(1)
             for i in range(0, len(originals), 64)
         ]
     )

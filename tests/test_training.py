@@ -73,6 +73,8 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
         "32",
         "--epochs",
         "2",
+        "--schedule",
+        "restarts",  # one short one-cycle per epoch (the distillation test covers one-cycle)
         "--bs",
         "16",
         "--run-dir",
@@ -92,7 +94,7 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
     main([*common, "--resume"])
     history = (run / "history.csv").read_text().splitlines()[rows_before:]
     trained = [row for row in history if row[:2] in ("0,", "1,") and row.count(",") > 2]
-    assert [row.split(",")[0] for row in trained] == ["1"]
+    assert len(trained) == 1  # only the second epoch ran (each restart logs as its own fit)
     assert json.loads((run / "progress.json").read_text())["epochs_done"] == 2
 
 
