@@ -15,7 +15,6 @@ on bit-identical weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -27,8 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agegroup.calibration import load_calibration
 from agegroup.errors import ModelUnavailable
-from agegroup.predictor import ModelInfo, check_model_path, check_vocab, softmax
+from agegroup.predictor import ModelInfo, check_model_path, check_vocab, file_sha256, softmax
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 1, 3)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 1, 3)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def to_batch(faces: Sequence[Image.Image], size: int) -> np.ndarray:
     """Faces -> the normalised float32 NCHW batch fastai builds (ToTensor, /255, Normalize)."""
     pixels = np.stack([np.asarray(to_model_input(face, size), dtype=np.uint8) for face in faces])
@@ -61,7 +53,9 @@ def to_batch(faces: Sequence[Image.Image], size: int) -> np.ndarray:
 class OnnxPredictor:
     """``export.onnx`` run by onnxruntime on the CPU; same interface as ``FastaiPredictor``."""
 
-    def __init__(self, path: Path, model_dir: Path, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, model_dir: Path, threads: int = 0, calibrated: bool = True
+    ) -> None:
         resolved = check_model_path(path, model_dir)
         import onnxruntime as ort
 
@@ -91,6 +85,12 @@ class OnnxPredictor:
         classes = check_vocab(vocab)
         _check_source(resolved, meta)
         self._session = session
+        # The learner the twin was made from (its sha256 is in the twin's metadata).
+        self.calibration = (
+            load_calibration(resolved, lambda: meta.get("source_sha256", ""), len(classes))
+            if calibrated
+            else None
+        )
         self.info = ModelInfo(
             name=meta.get("agegroup_name", resolved.stem),
             version=meta.get("agegroup_version", "unknown"),
@@ -104,7 +104,8 @@ class OnnxPredictor:
             return np.zeros((0, len(self.info.classes)), dtype=np.float64)
         batch = to_batch(faces, self.info.input_size)
         (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return softmax(np.asarray(logits, dtype=np.float64))
+        probabilities = softmax(np.asarray(logits, dtype=np.float64))
+        return self.calibration.apply(probabilities) if self.calibration else probabilities
 
 
 def _check_source(onnx_path: Path, meta: dict[str, str]) -> None:
@@ -158,7 +159,9 @@ def export_onnx(
 
     pkl_path = Path(pkl_path)
     onnx_path = Path(onnx_path) if onnx_path else pkl_path.with_suffix(".onnx")
-    reference = FastaiPredictor(pkl_path, Path(model_dir) if model_dir else pkl_path.parent)
+    reference = FastaiPredictor(
+        pkl_path, Path(model_dir) if model_dir else pkl_path.parent, calibrated=False
+    )
     network = reference.learn.model.float().eval()
     size = reference.info.input_size
     buffer = io.BytesIO()
@@ -212,8 +215,9 @@ def compare(
     from agegroup.predictor import FastaiPredictor
 
     folder = Path(model_dir) if model_dir else Path(pkl_path).parent
-    reference = FastaiPredictor(Path(pkl_path), folder)
-    twin = OnnxPredictor(Path(onnx_path), folder)
+    # The networks are compared, before any calibration file is applied to either.
+    reference = FastaiPredictor(Path(pkl_path), folder, calibrated=False)
+    twin = OnnxPredictor(Path(onnx_path), folder, calibrated=False)
     size = reference.info.input_size
     ours = twin.predict(faces)
     theirs = reference.predict(faces)

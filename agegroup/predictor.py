@@ -10,6 +10,7 @@ One small interface with two implementations of the same exported learner:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from PIL import Image
 
 from agegroup.ages import AGE_CLASSES, AgeEstimate, estimate_ages, to_groups
 from agegroup.buckets import BUCKETS
+from agegroup.calibration import load_calibration
 from agegroup.errors import ModelUnavailable
 from agegroup.preprocess import to_model_input
 
@@ -107,6 +109,14 @@ def check_vocab(vocab: Sequence[str]) -> tuple[str, ...]:
     return classes
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -122,7 +132,9 @@ def _model_version(path: Path) -> str:
 class FastaiPredictor:
     """The exported fastai learner, loaded once and run on the CPU."""
 
-    def __init__(self, path: Path, model_dir: Path, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, model_dir: Path, threads: int = 0, calibrated: bool = True
+    ) -> None:
         resolved = check_model_path(path, model_dir)
         import torch
         from fastai.learner import load_learner
@@ -148,6 +160,11 @@ class FastaiPredictor:
             )
         self.learn = learn
         self._torch = torch
+        self.calibration = (
+            load_calibration(resolved, lambda: file_sha256(resolved), len(classes))
+            if calibrated
+            else None
+        )
         self.info = ModelInfo(
             name=str(getattr(learn, "agegroup_name", resolved.stem)),
             version=str(getattr(learn, "agegroup_version", _model_version(resolved))),
@@ -162,4 +179,5 @@ class FastaiPredictor:
         (batch,) = dl.one_batch()[:1]
         with self._torch.inference_mode():
             logits = self.learn.model(batch.as_subclass(self._torch.Tensor))
-        return softmax(logits.float().numpy().astype(np.float64))
+        probabilities = softmax(logits.float().numpy().astype(np.float64))
+        return self.calibration.apply(probabilities) if self.calibration else probabilities

@@ -79,31 +79,60 @@ def test_the_degraded_copy_of_a_file_is_fixed_by_its_name_whatever_the_random_st
         assert out.size == (96, 96) and out.mode == "RGB"
 
 
-def test_calibration_picks_a_prior_correction_for_a_biased_model_and_writes_it_into_the_layer():
-    from agegroup.training.calibrate import fit, rewrite_last_layer
+def test_calibration_picks_a_prior_correction_for_a_biased_model():
+    from agegroup.ages import GROUP_OF_AGE
+    from agegroup.training.calibrate import fit
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 7, 700)
     # A model that knows the group but adds a pull towards 21-30's ages (the training prior).
     logits = rng.normal(0, 1, (700, MAX_AGE + 1))
     for i, group in enumerate(truth):
-        ages = [a for a in range(MAX_AGE + 1) if BUCKETS.index(to_label(a)) == group]
-        logits[i, ages] += 1.5
+        logits[i, GROUP_OF_AGE[:, group] > 0] += 1.5
     logits[:, 21:31] += 2.0
     log_probs = torch.log_softmax(torch.tensor(logits), dim=1).numpy()
     prior = np.array([0.12, 0.06, 0.33, 0.18, 0.09, 0.1, 0.12])
-    chosen = fit(log_probs, log_probs, truth, prior)
-    assert chosen["tau"] > 0
-    by_tau = {c["tau"]: c for c in chosen["candidates"]}
-    assert by_tau[chosen["tau"]]["balanced_accuracy"] > by_tau[0.0]["balanced_accuracy"]
+    calibration, report = fit(log_probs, log_probs, truth, prior, GROUP_OF_AGE, "abc")
+    assert report["tau"] > 0
+    by_tau = {c["tau"]: c for c in report["candidates"]}
+    assert by_tau[report["tau"]]["balanced_accuracy"] > by_tau[0.0]["balanced_accuracy"]
+    # The offsets are -tau * log prior of each age's group: 21-30's ages are pushed down most.
+    offsets = np.array(calibration.offsets)
+    assert offsets[25] < offsets[15] and offsets[25] == pytest.approx(report["tau"] * -np.log(0.33))
+    assert calibration.source_sha256 == "abc"
 
-    head = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, MAX_AGE + 1, bias=False))
-    model = torch.nn.Sequential(torch.nn.Identity(), head)
-    x = torch.randn(3, 4)
-    before = model(x).detach()
-    rewrite_last_layer(model, chosen["offset"], 1.7)
-    expected = (before + torch.as_tensor(chosen["offset"], dtype=torch.float32)) / 1.7
-    assert torch.allclose(model(x), expected, atol=1e-5)
+
+def test_both_runtimes_apply_the_calibration_beside_the_model_and_refuse_a_stale_one(
+    age_model_dir, tmp_path
+):
+    import json
+    import shutil
+
+    from agegroup.calibration import Calibration
+    from agegroup.errors import ModelUnavailable
+    from agegroup.lean import OnnxPredictor
+    from agegroup.predictor import FastaiPredictor, file_sha256
+
+    for name in ("export.pkl", "export.onnx"):
+        shutil.copy(age_model_dir / name, tmp_path / name)
+    faces = [Image.fromarray(a) for a in synthetic_faces(3, 200, seed=9)]
+    raw = FastaiPredictor(tmp_path / "export.pkl", tmp_path).predict(faces)
+    offsets = tuple(float(v) for v in np.linspace(-2, 2, MAX_AGE + 1))
+    calibration = Calibration(offsets, 1.7, file_sha256(tmp_path / "export.pkl"))
+    (tmp_path / "export.calibration.json").write_text(json.dumps(calibration.to_json()))
+    logits = (np.log(raw) + np.array(offsets)) / 1.7
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for predictor in (
+        FastaiPredictor(tmp_path / "export.pkl", tmp_path),
+        OnnxPredictor(tmp_path / "export.onnx", tmp_path),
+    ):
+        assert np.abs(predictor.predict(faces) - expected).max() < 1e-4
+    stale = Calibration(offsets, 1.7, "0" * 64)
+    (tmp_path / "export.calibration.json").write_text(json.dumps(stale.to_json()))
+    with pytest.raises(ModelUnavailable, match="another learner"):
+        FastaiPredictor(tmp_path / "export.pkl", tmp_path)
+    with pytest.raises(ModelUnavailable, match="another learner"):
+        OnnxPredictor(tmp_path / "export.onnx", tmp_path)
 
 
 def to_label(age: int) -> str:
@@ -149,8 +178,11 @@ def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_mo
     # least its 80% (what lies outside the interval is at most 20%).
     spanned = BUCKETS[BUCKETS.index(to_label(low)) : BUCKETS.index(to_label(high)) + 1]
     assert sum(probabilities[b] for b in spanned) >= 0.8 - 1e-6
-    page = client.post("/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")})
+    page = client.post(
+        "/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")}, follow_redirects=True
+    )
     assert page.status_code == 200
+    assert f"about {age['estimate']:.0f}, likely {low}-{high}" in page.get_data(as_text=True)
 
 
 def test_the_onnx_twin_of_an_age_model_gives_the_learners_age_probabilities(age_model_dir):
