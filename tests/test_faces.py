@@ -326,8 +326,11 @@ def test_rotated_phone_photo_boxes_are_in_upright_pixels(client, grace: Image.Im
 
 def test_boxes_are_in_original_pixels_when_the_photo_is_shrunk(grace: Image.Image) -> None:
     from agegroup.analysis import analyze
+    from agegroup.predictor import ModelInfo
 
     class Uniform:  # the predictor is not under test here: boxes are
+        info = ModelInfo("uniform", "0", 64)  # a group model
+
         def predict(self, faces):
             return np.full((len(faces), 7), 1 / 7)
 
