@@ -3,7 +3,7 @@
 # weights start this run), on 2 CPU cores: about 20 min per epoch at 96 px with one thread.
 # Each stage resumes or is skipped if its output exists; run from the repository root:
 #     bash recipes/resnet50_ages_96.sh
-# The result is model/export.pkl (+ _calibration.json), model/metrics.json and model/export.onnx.
+# The result is $RUN/export.pkl, its export.calibration.json and metrics.json (clean and degraded).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/r50_age96}
@@ -25,10 +25,10 @@ OMP_NUM_THREADS=$THREADS $PY -m agegroup.training.train $RESUME --threads "$THRE
     --targets ages --degrade 0.5 --init model/export.pkl \
     --teacher runs/agev1/ages.npz --distill-weight 0.3 \
     --run-dir "$RUN" --out "$RUN/export.pkl"
-# 4. Logit adjustment and temperature, fitted on the validation part, written into the weights.
-$PY -m agegroup.training.calibrate "$RUN/export.pkl" --out "$RUN/calibrated.pkl"
-# 5. Clean and degraded test splits; then ship: copy, measure, and make the ONNX twin.
-$PY -m agegroup.training.evaluate "$RUN/calibrated.pkl" --out "$RUN/metrics.json"
+# 4. Logit adjustment and temperature, fitted on the validation part: $RUN/export.calibration.json.
+$PY -m agegroup.training.calibrate "$RUN/export.pkl"
+# 5. Clean and degraded test splits (the calibration file beside the learner is applied).
+$PY -m agegroup.training.evaluate "$RUN/export.pkl" --out "$RUN/metrics.json"
 echo "If $RUN/metrics.json beats model/metrics.json on the clean and the degraded test:"
-echo "  cp $RUN/calibrated.pkl model/export.pkl && cp $RUN/calibrated_calibration.json model/calibration.json"
+echo "  cp $RUN/export.pkl $RUN/export.calibration.json model/"
 echo "  $PY -m agegroup.training.evaluate model/export.pkl && $PY -m agegroup.lean model/export.pkl --check 200"
