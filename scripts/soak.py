@@ -419,17 +419,25 @@ def main(argv: list[str] | None = None) -> int:
         with GunicornServer(model.resolve(), log, env) as server:
             report = run_soak(server, args.requests, args.clients, args.photos)
         report["model"] = label
-        report["server_log_errors"] = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if "Traceback" in line or "ERROR" in line or "[CRITICAL]" in line
-        ][:20]
-    problems = failures(report, args.max_growth_mb)
+        report["server_log_errors"] = server_log_errors(log)
+    return finish_report(report, failures(report, args.max_growth_mb), args.out)
+
+
+def server_log_errors(log: Path) -> list[str]:
+    """The first 20 lines of the server's log that show an error or a traceback."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [
+        line for line in lines if "Traceback" in line or "ERROR" in line or "[CRITICAL]" in line
+    ][:20]
+
+
+def finish_report(report: dict, problems: list[str], out: Path | None) -> int:
+    """Print the report (and write it to ``out``) with its failures; the exit status."""
     report["failures"] = problems
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
     return 1 if problems else 0
 
 

@@ -46,9 +46,11 @@ sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
 from soak import (  # noqa: E402
     BOUNDARY,
     GunicornServer,
+    finish_report,
     multipart,
     probabilities,
     render_env,
+    server_log_errors,
     settings_for,
     valid_photos,
 )
@@ -457,20 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(scratch) / "gunicorn.log"
         with GunicornServer(args.model.resolve(), log, env) as server:
             report = run_stress(server, settings, args.clients, args.rounds, args.photos, args.seed)
-        report["server_log_errors"] = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if "Traceback" in line or "[CRITICAL]" in line or "[ERROR]" in line
-        ][:20]
+        report["server_log_errors"] = server_log_errors(log)
     report["python"] = sys.executable
     report["render_env"] = env
-    problems = failures(report, args.max_peak_mb)
-    report["failures"] = problems
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 1 if problems else 0
+    return finish_report(report, failures(report, args.max_peak_mb), args.out)
 
 
 if __name__ == "__main__":
