@@ -45,11 +45,14 @@ def is_age_model(classes: Sequence[str]) -> bool:
     return tuple(str(c) for c in classes) == AGE_CLASSES
 
 
+def group_matrix(classes: Sequence[str]) -> np.ndarray:
+    """``(classes, 7)``: the group of each class (of each age, or the groups themselves)."""
+    return GROUP_OF_AGE if is_age_model(classes) else np.eye(len(BUCKETS))
+
+
 def to_groups(probabilities: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """``(n, 7)`` group probabilities from a model's class probabilities."""
-    if is_age_model(classes):
-        return np.asarray(probabilities, dtype=np.float64) @ GROUP_OF_AGE
-    return np.asarray(probabilities, dtype=np.float64)
+    return np.asarray(probabilities, dtype=np.float64) @ group_matrix(classes)
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,7 @@ def analyze(
     chosen = select_faces(boxes)
     if not chosen:
         probabilities, ages = predict_groups(predictor, [image])
-        faces = [
-            FaceResult(probabilities=_normalised(probabilities[0]), age=ages[0] if ages else None)
-        ]
+        faces = [FaceResult(probabilities=_normalised(probabilities[0]), age=ages[0])]
         elapsed = (time.perf_counter() - started) * 1000
         return Analysis(decoded.width, decoded.height, faces, elapsed, [NO_FACE_WARNING])
     probabilities, ages = predict_groups(predictor, [crop_face(image, box) for box in chosen])
@@ -142,7 +140,7 @@ def analyze(
             low_resolution=box.low_resolution,
             age=age,
         )
-        for box, row, age in zip(chosen, probabilities, ages or [None] * len(chosen), strict=True)
+        for box, row, age in zip(chosen, probabilities, ages, strict=True)
     ]
     elapsed = (time.perf_counter() - started) * 1000
     return Analysis(decoded.width, decoded.height, faces, elapsed, _warnings(len(boxes), faces))

@@ -5,7 +5,8 @@ in doubt. ``agegroup.training.calibrate`` fits, on the validation part of the tr
 how much of the training prior to take back (logit adjustment, Menon et al. 2021) and a
 temperature that makes the probabilities honest (Guo et al. 2017), and writes them beside the
 model as ``<model>.calibration.json``. Both runtimes apply it to every prediction
-(``Calibration.apply``), before the mirror-image average, so they serve the same numbers.
+(``Calibration.adjust`` on the network's logits, before the softmax and the mirror-image
+average), so they serve the same numbers.
 
 The file names the sha256 of the learner it was fitted on; beside any other learner it is
 refused with a clear message rather than silently applied.
@@ -35,18 +36,15 @@ def calibration_path(model_path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``softmax((log p + offsets) / temperature)`` over the model's classes."""
+    """``softmax((logits + offsets) / temperature)`` over the model's classes."""
 
     offsets: tuple[float, ...]
     temperature: float
     source_sha256: str
 
-    def apply(self, probabilities: np.ndarray) -> np.ndarray:
-        logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-300, None))
-        logits = (logits + np.asarray(self.offsets)) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+    def adjust(self, logits: np.ndarray) -> np.ndarray:
+        """The corrected logits; log-probabilities work as well (softmax ignores the shift)."""
+        return (np.asarray(logits, dtype=np.float64) + np.asarray(self.offsets)) / self.temperature
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -28,7 +28,13 @@ from PIL import Image
 
 from agegroup.calibration import load_calibration
 from agegroup.errors import ModelUnavailable
-from agegroup.predictor import ModelInfo, check_model_path, check_vocab, file_sha256, softmax
+from agegroup.predictor import (
+    ModelInfo,
+    check_model_path,
+    check_vocab,
+    file_sha256,
+    probabilities_of,
+)
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
 log = logging.getLogger(__name__)
@@ -104,8 +110,7 @@ class OnnxPredictor:
             return np.zeros((0, len(self.info.classes)), dtype=np.float64)
         batch = to_batch(faces, self.info.input_size)
         (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        probabilities = softmax(np.asarray(logits, dtype=np.float64))
-        return self.calibration.apply(probabilities) if self.calibration else probabilities
+        return probabilities_of(np.asarray(logits, dtype=np.float64), self.calibration)
 
 
 def _check_source(onnx_path: Path, meta: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from agegroup.ages import AGE_CLASSES, AgeEstimate, estimate_ages, to_groups
 from agegroup.buckets import BUCKETS
-from agegroup.calibration import load_calibration
+from agegroup.calibration import Calibration, load_calibration
 from agegroup.errors import ModelUnavailable
 from agegroup.preprocess import to_model_input
 
@@ -69,12 +69,13 @@ def predict_flip_averaged(predictor: Predictor, faces: Sequence[Image.Image]) ->
 
 def predict_groups(
     predictor: Predictor, faces: Sequence[Image.Image]
-) -> tuple[np.ndarray, list[AgeEstimate] | None]:
-    """What the app serves for each face: flip-averaged group probabilities ``(n, 7)`` and,
-    for an age model, the estimated age (``None`` for a group model)."""
+) -> tuple[np.ndarray, list[AgeEstimate | None]]:
+    """What the app serves for each face: flip-averaged group probabilities ``(n, 7)`` and
+    its estimated age (``None`` each for a group model, which has none)."""
     classes = predictor.info.classes
     probabilities = predict_flip_averaged(predictor, faces)
-    return to_groups(probabilities, classes), estimate_ages(probabilities, classes)
+    ages = estimate_ages(probabilities, classes)
+    return to_groups(probabilities, classes), list(ages) if ages else [None] * len(faces)
 
 
 def check_model_path(path: Path, model_dir: Path) -> Path:
@@ -121,6 +122,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def probabilities_of(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """The served probabilities of the network's logits: calibrated, if the model has a file."""
+    return softmax(calibration.adjust(logits) if calibration is not None else logits)
 
 
 def _model_version(path: Path) -> str:
@@ -179,5 +185,4 @@ class FastaiPredictor:
         (batch,) = dl.one_batch()[:1]
         with self._torch.inference_mode():
             logits = self.learn.model(batch.as_subclass(self._torch.Tensor))
-        probabilities = softmax(logits.float().numpy().astype(np.float64))
-        return self.calibration.apply(probabilities) if self.calibration else probabilities
+        return probabilities_of(logits.float().numpy().astype(np.float64), self.calibration)

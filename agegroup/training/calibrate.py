@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agegroup.ages import AGE_CLASSES, GROUP_OF_AGE
+from agegroup.ages import group_matrix
 from agegroup.buckets import BUCKETS
 from agegroup.calibration import Calibration, calibration_path
-from agegroup.predictor import FastaiPredictor, file_sha256
+from agegroup.predictor import FastaiPredictor, file_sha256, probabilities_of
 from agegroup.training import data as utk
 from agegroup.training.evaluate import compute_metrics, expected_calibration_error, predict_faces
 from agegroup.training.train import training_split
@@ -39,17 +39,12 @@ TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TEMPERATURES = tuple(float(t) for t in np.round(np.arange(0.5, 3.01, 0.05), 2))
 
 
-def group_matrix(classes: tuple[str, ...]) -> np.ndarray:
-    """``(classes, 7)``: which group each class belongs to (ages, or the groups themselves)."""
-    return GROUP_OF_AGE if classes == AGE_CLASSES else np.eye(len(BUCKETS))
-
-
 def served(
     log_plain: np.ndarray, log_flipped: np.ndarray, groups: np.ndarray, calibration: Calibration
 ) -> np.ndarray:
     """What the app serves: the mean of the calibrated face's and mirror's group probabilities."""
-    plain = calibration.apply(np.exp(log_plain)) @ groups
-    return (plain + calibration.apply(np.exp(log_flipped)) @ groups) / 2
+    plain = probabilities_of(log_plain, calibration) @ groups
+    return (plain + probabilities_of(log_flipped, calibration) @ groups) / 2
 
 
 def fit(

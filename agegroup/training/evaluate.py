@@ -231,7 +231,6 @@ def main(argv: list[str] | None = None) -> None:
         "--probabilities", type=Path, help="also save the served probabilities (.npz) here"
     )
     args = parser.parse_args(argv)
-    out = args.out or args.model.resolve().parent / "metrics.json"
     if str(args.model) == "agev1":
         from agegroup.training.agev1 import AgeV1
 
@@ -239,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or Path("runs/agev1/metrics.json")
     else:
         predictor = FastaiPredictor(args.model, args.model.resolve().parent)
+        out = args.out or args.model.resolve().parent / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = evaluate(predictor, args.data, args.limit, not args.clean_only, args.probabilities)
     out.write_text(json.dumps(results, indent=2) + "\n")
