@@ -304,6 +304,17 @@ def latency(port: int, photos: Sequence[bytes], count: int, tally: Tally) -> dic
     }
 
 
+def run_clients(client: Callable[[int], None], count: int) -> float:
+    """Run ``client(0)`` ... ``client(count - 1)`` in threads at once; seconds until all end."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def throughput(
     port: int, photos: Sequence[bytes], clients: int, total: int, tally: Tally
 ) -> dict[str, float]:
@@ -324,13 +335,7 @@ def throughput(
                 times.append(elapsed * 1000)
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_clients(lambda _: client(), clients)
     return {
         "clients": clients,
         "requests": total,

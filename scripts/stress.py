@@ -44,7 +44,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
 
 from soak import (  # noqa: E402
-    BOUNDARY,
     GunicornServer,
     finish_report,
     multipart,
@@ -55,7 +54,7 @@ from soak import (  # noqa: E402
     valid_photos,
 )
 
-from agegroup.bench import percentile, proc_status, process_tree  # noqa: E402
+from agegroup.bench import percentile, proc_status, process_tree, run_clients  # noqa: E402
 from agegroup.config import Settings  # noqa: E402
 from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost  # noqa: E402
 
@@ -245,25 +244,11 @@ def server_mb(root: int) -> tuple[float, float]:
     return sum(s["VmRSS"] for s in status) / 1024, sum(s["VmHWM"] for s in status) / 1024
 
 
-def post(port: int, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
+def post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
+    """One upload on its own connection: status, headers, body and seconds taken."""
     started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        conn.request(
-            "POST",
-            "/api/predict",
-            body=multipart(data),
-            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-        )
-        response = conn.getresponse()
-        return (
-            response.status,
-            dict(response.getheaders()),
-            response.read(),
-            time.perf_counter() - started,
-        )
-    finally:
-        conn.close()
+    status, headers, body = server.request("POST", "/api/predict", multipart(data), timeout=120)
+    return status, headers, body, time.perf_counter() - started
 
 
 def burst(
@@ -295,7 +280,7 @@ def burst(
             which = rng.randrange(len(photos))
             for kind, body in (("worst", data), ("photo", photos[which])):
                 try:
-                    status, headers, answer, seconds = post(server.port, body)
+                    status, headers, answer, seconds = post(server, body)
                 except (OSError, http.client.HTTPException) as exc:
                     with lock:
                         dropped[0] += 1
@@ -313,13 +298,7 @@ def burst(
 
     before, _ = server_mb(root)
     reset_peaks(root)
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.monotonic() - started
+    seconds = run_clients(client, clients)
     _, peak = server_mb(root)
     time.sleep(1.0)
     after, _ = server_mb(root)
@@ -380,7 +359,7 @@ def run_stress(
     photos = valid_photos(photo_count, seed)
     alone = []
     for photo in photos:
-        status, _, body, _ = post(server.port, photo)
+        status, _, body, _ = post(server, photo)
         if status != 200:
             raise RuntimeError(f"a normal photo got {status} when sent alone")
         alone.append(probabilities(body))

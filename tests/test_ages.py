@@ -3,6 +3,7 @@ written into the last layer, and the corruptions of the degraded test set."""
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -19,7 +20,7 @@ from agegroup.ages import (
     is_age_model,
     to_groups,
 )
-from agegroup.buckets import BUCKETS
+from agegroup.buckets import BUCKETS, bucket_for_age
 
 from conftest import synthetic_faces
 
@@ -135,12 +136,6 @@ def test_both_runtimes_apply_the_calibration_beside_the_model_and_refuse_a_stale
         OnnxPredictor(tmp_path / "export.onnx", tmp_path)
 
 
-def to_label(age: int) -> str:
-    from agegroup.buckets import bucket_for_age
-
-    return bucket_for_age(age)
-
-
 @pytest.fixture(scope="module")
 def age_model_dir(tmp_path_factory: pytest.TempPathFactory):
     from agegroup.lean import export_onnx
@@ -165,7 +160,9 @@ def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_mo
     )
     client = create_app(settings).test_client()
     photo = Image.fromarray(synthetic_faces(1, 120, seed=3)[0])
-    response = client.post("/api/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")})
+    response = client.post(
+        "/api/predict", data={"image": (io.BytesIO(image_bytes(photo)), "a.jpg")}
+    )
     assert response.status_code == 200
     face = response.get_json()["faces"][0]
     probabilities = face["probabilities"]
@@ -176,10 +173,10 @@ def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_mo
     assert 0 <= low <= age["estimate"] <= high <= MAX_AGE
     # The groups are sums over the same distribution: the groups the interval spans hold at
     # least its 80% (what lies outside the interval is at most 20%).
-    spanned = BUCKETS[BUCKETS.index(to_label(low)) : BUCKETS.index(to_label(high)) + 1]
+    spanned = BUCKETS[BUCKETS.index(bucket_for_age(low)) : BUCKETS.index(bucket_for_age(high)) + 1]
     assert sum(probabilities[b] for b in spanned) >= 0.8 - 1e-6
     page = client.post(
-        "/predict", data={"image": (io_bytes(image_bytes(photo)), "a.jpg")}, follow_redirects=True
+        "/predict", data={"image": (io.BytesIO(image_bytes(photo)), "a.jpg")}, follow_redirects=True
     )
     assert page.status_code == 200
     assert f"about {age['estimate']:.0f}, likely {low}-{high}" in page.get_data(as_text=True)
@@ -195,9 +192,3 @@ def test_the_onnx_twin_of_an_age_model_gives_the_learners_age_probabilities(age_
     assert ours.info.classes == theirs.info.classes == AGE_CLASSES
     a, b = ours.predict(faces), theirs.predict(faces)
     assert a.shape == (4, MAX_AGE + 1) and np.abs(a - b).max() < 1e-4
-
-
-def io_bytes(data: bytes):
-    import io
-
-    return io.BytesIO(data)
