@@ -1,6 +1,7 @@
 """The evaluation metrics on hand-checked examples."""
 
 import numpy as np
+import pytest
 
 from agegroup.training.evaluate import compute_metrics
 
@@ -24,3 +25,19 @@ def test_metrics_on_a_hand_checked_example():
     assert metrics["confusion_matrix"][2][4] == 1
     assert metrics["by_group"]["gender"]["m"] == {"n": 3, "accuracy": round(2 / 3, 4)}
     assert metrics["by_group"]["gender"]["f"] == {"n": 3, "accuracy": round(1 / 3, 4)}
+
+
+def test_calibration_error_on_a_hand_checked_example_plain_and_group_balanced():
+    from agegroup.training.evaluate import balanced_weights, expected_calibration_error
+
+    # Four faces of group 0, all said with confidence 0.94, three right; one face of group 1,
+    # said right with 0.94. All five fall in the same confidence bin.
+    truth = [0, 0, 0, 0, 1]
+    probabilities = one_hot([0, 0, 0, 1, 1])
+    assert expected_calibration_error(truth, probabilities) == pytest.approx(abs(4 / 5 - 0.94))
+    weights = balanced_weights(truth)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:4].sum() == pytest.approx(weights[4])  # each group weighs a half
+    # Balanced: group 0 is 3/4 right, group 1 all right, each half of the weight.
+    balanced = expected_calibration_error(truth, probabilities, weights=weights)
+    assert balanced == pytest.approx(abs((0.5 * 3 / 4 + 0.5 * 1) - 0.94))

@@ -79,12 +79,27 @@ def compute_metrics(
     }
 
 
+def balanced_weights(y_true: Sequence[int]) -> np.ndarray:
+    """One weight per face so that every group present weighs the same in total (sum 1)."""
+    truth = np.asarray(y_true)
+    counts = np.bincount(truth)
+    return 1.0 / (counts[truth] * np.count_nonzero(counts))
+
+
 def expected_calibration_error(
-    y_true: Sequence[int], probabilities: np.ndarray, bins: int = 15
+    y_true: Sequence[int],
+    probabilities: np.ndarray,
+    bins: int = 15,
+    weights: np.ndarray | None = None,
 ) -> float:
     """ECE over ``bins`` equal-width confidence bins: the mean |accuracy - confidence| gap,
-    weighted by how many answers fall in each bin."""
+    weighted by how many answers fall in each bin.
+
+    ``weights`` (e.g. ``balanced_weights``) count some faces more: the ECE of a photo set in
+    which every group is equally common, measured on one that is not.
+    """
     truth = np.asarray(y_true)
+    w = np.full(len(truth), 1.0 / len(truth)) if weights is None else weights / weights.sum()
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == truth
     edges = np.linspace(0, 1, bins + 1)
@@ -93,7 +108,9 @@ def expected_calibration_error(
     for b in range(bins):
         mask = which == b
         if mask.any():
-            gap += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+            share = w[mask].sum()
+            accuracy = (w[mask] * correct[mask]).sum() / share
+            gap += share * abs(accuracy - (w[mask] * confidence[mask]).sum() / share)
     return float(gap)
 
 
@@ -132,6 +149,9 @@ def score(
     groups = to_groups(probabilities, classes)
     metrics = compute_metrics(truth, groups, subgroups)
     metrics["calibration_error"] = round(expected_calibration_error(truth, groups), 4)
+    metrics["calibration_error_balanced"] = round(
+        expected_calibration_error(truth, groups, weights=balanced_weights(truth)), 4
+    )
     estimates = estimate_ages(probabilities, classes)
     if estimates is not None:
         ages = np.array([clamp_age(s.age) for s in samples])
@@ -209,7 +229,8 @@ def summary(results: dict[str, Any]) -> str:
             lines.append(
                 f"{test:>8} {key:>12}: n={m['n']} accuracy={m['accuracy']:.4f} "
                 f"within-one={m['within_one_bucket']:.4f} balanced={m['balanced_accuracy']:.4f} "
-                f"ece={m['calibration_error']:.4f}{extra}"
+                f"ece={m['calibration_error']:.4f} "
+                f"balanced-ece={m['calibration_error_balanced']:.4f}{extra}"
             )
         if test in results:
             recalls = " ".join(
