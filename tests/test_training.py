@@ -14,8 +14,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
 from agegroup.training.train import CachedImages, build_learner, export_learner
-
-from conftest import synthetic_faces
+from testsupport.images import synthetic_faces
 
 
 def test_resnet50_trains_a_batch_and_exports_a_loadable_half_precision_learner(tmp_path):

@@ -2,10 +2,10 @@
 
 One command (measure with the training paused, as for any RSS or latency number):
 
-    /work/tools/quiet .venv/bin/python scripts/stress.py [--clients 1 4 16] [--rounds 3]
+    /work/tools/quiet .venv/bin/python -m tools.stress [--clients 1 4 16] [--rounds 3]
 
 The server starts exactly as on Render: render.yaml's startCommand (the Procfile's, through
-``scripts/soak.py``'s launcher) with render.yaml's environment (AGE_RUNTIME=onnx, one worker,
+``testsupport.server``'s launcher) with render.yaml's environment (AGE_RUNTIME=onnx, one worker,
 its thread count, MALLOC_ARENA_MAX=2) and the shipped model. Run it with the Python of a venv
 made from requirements-render.txt to measure what Render runs.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import math
 import random
@@ -39,24 +38,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-
-from soak import (  # noqa: E402
-    GunicornServer,
-    finish_report,
-    multipart,
-    probabilities,
-    render_env,
-    server_log_errors,
-    settings_for,
-    valid_photos,
-)
-
-from agegroup.bench import percentile, proc_status, process_tree, run_clients  # noqa: E402
-from agegroup.config import Settings  # noqa: E402
-from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost  # noqa: E402
+from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost
+from testsupport.memory import memory_mb, reset_peaks
+from testsupport.server import GunicornServer, render_env, settings_for
+from testsupport.uploads import image_bytes, image_form
+from tools.bench import percentile, run_clients
+from tools.soak import finish_report, probabilities, valid_photos
 
 
 # --- the worst files, made with fixed patterns ------------------------------------------------
@@ -71,12 +59,6 @@ def _vips_stripes(width: int, height: int, bands: int, period: int = 14):  # typ
     grey = ((pyvips.Image.xyz(width, height)[0] % period) < period // 2).ifthenelse(255, 0)
     grey = grey.cast("uchar")
     return grey.bandjoin([grey] * (bands - 1)) if bands > 1 else grey
-
-
-def _save(image: Image.Image, fmt: str, **args: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **args)
-    return out.getvalue()
 
 
 def png_rgba(side: int) -> bytes:
@@ -94,7 +76,7 @@ def webp_lossless(side: int) -> bytes:
 
 
 def gif(side: int) -> bytes:
-    return _save(_stripes(side, side).convert("P"), "GIF")
+    return image_bytes(_stripes(side, side).convert("P"), "GIF")
 
 
 def bmp_rle8(side: int) -> bytes:
@@ -126,7 +108,7 @@ def noise_jpeg(max_bytes: int, seed: int = 0) -> bytes:
     side, best = 2000, b""
     for _ in range(6):
         pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-        data = _save(Image.fromarray(pixels), "JPEG", quality=85)
+        data = image_bytes(Image.fromarray(pixels), "JPEG", quality=85)
         if len(best) < len(data) <= max_bytes:
             best = data
         if 0.95 * max_bytes <= len(best):
@@ -222,32 +204,25 @@ def decode_peaks(decoder: str, sides: dict[str, int], work_size: int = 1600) -> 
     """Peak memory of decoding each worst kind (``pillow`` or ``vips``), in a fresh process."""
     import subprocess
 
-    command = [sys.executable, __file__, "--measure-decode", decoder, json.dumps(sides)]
+    command = [sys.executable, "-m", "tools.stress", "--measure-decode", decoder, json.dumps(sides)]
     command += ["--work-size", str(work_size)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=600
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
 # --- measuring ---------------------------------------------------------------------------------
-def reset_peaks(root: int) -> None:
-    """Start VmHWM again from the current RSS (Linux: ``echo 5 > /proc/PID/clear_refs``)."""
-    for pid in process_tree(root):
-        try:
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
 def server_mb(root: int) -> tuple[float, float]:
     """(RSS, peak RSS since the last reset) summed over the server's processes, in MB."""
-    status = [proc_status(pid) for pid in process_tree(root)]
-    return sum(s["VmRSS"] for s in status) / 1024, sum(s["VmHWM"] for s in status) / 1024
+    memory = memory_mb(root)
+    return memory["rss_mb"], memory["peak_mb"]
 
 
 def post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
     """One upload on its own connection: status, headers, body and seconds taken."""
     started = time.perf_counter()
-    status, headers, body = server.request("POST", "/api/predict", multipart(data), timeout=120)
+    status, headers, body = server.request("POST", "/api/predict", image_form(data), timeout=120)
     return status, headers, body, time.perf_counter() - started
 
 
@@ -438,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(scratch) / "gunicorn.log"
         with GunicornServer(args.model.resolve(), log, env) as server:
             report = run_stress(server, settings, args.clients, args.rounds, args.photos, args.seed)
-        report["server_log_errors"] = server_log_errors(log)
+            report["server_log_errors"] = server.log_errors()
     report["python"] = sys.executable
     report["render_env"] = env
     return finish_report(report, failures(report, args.max_peak_mb), args.out)
