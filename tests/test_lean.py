@@ -98,11 +98,33 @@ def test_cli_writes_the_same_file_again(lean_dir, tmp_path) -> None:
     assert (tmp_path / "export.onnx").read_bytes() == (lean_dir / "export.onnx").read_bytes()
 
 
+def test_cli_says_so_instead_of_checking_on_noise_when_utkface_is_missing(
+    lean_dir, tmp_path, capsys
+) -> None:
+    shutil.copy(lean_dir / "export.pkl", tmp_path / "export.pkl")
+    missing = tmp_path / "no-utkface"
+    assert main([str(tmp_path / "export.pkl"), "--check", "3", "--data", str(missing)]) == 2
+    error = capsys.readouterr().err
+    assert "UTKFace is not at" in error and "--check 0" in error
+
+
 def test_refuses_a_twin_of_another_learner(lean_dir, tmp_path) -> None:
     shutil.copy(lean_dir / "export.onnx", tmp_path / "export.onnx")
     (tmp_path / "export.pkl").write_bytes(b"a different learner")
     with pytest.raises(ModelUnavailable, match="not made from"):
         OnnxPredictor(tmp_path / "export.onnx", tmp_path)
+
+
+def test_refuses_a_twin_made_for_another_normalisation(lean_dir, tmp_path) -> None:
+    import onnx
+
+    model = onnx.load(str(lean_dir / "export.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "mean":
+            prop.value = json.dumps([0.5, 0.5, 0.5])
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ModelUnavailable, match="another normalisation"):
+        OnnxPredictor(tmp_path / "other.onnx", tmp_path)
 
 
 def test_refuses_wrong_classes_and_broken_files(lean_dir, tmp_path) -> None:

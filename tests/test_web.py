@@ -461,3 +461,14 @@ def test_a_model_path_outside_the_model_folder_is_refused(tmp_path: Path, model_
     settings = Settings(model_path=model_dir / "export.pkl", model_dir=tmp_path)
     state = create_app(settings).extensions["agegroup"]
     assert state.predictor is None and "outside" in state.load_error
+
+
+def test_a_learner_without_a_version_is_refused_with_how_to_export_it(tmp_path: Path, model_dir):
+    from fastai.learner import load_learner
+
+    learn = load_learner(model_dir / "export.pkl", cpu=True)
+    del learn.agegroup_version
+    learn.export(tmp_path / "export.pkl")
+    state = create_app(Settings(model_path=tmp_path / "export.pkl", model_dir=tmp_path))
+    load_error = state.extensions["agegroup"].load_error
+    assert "carries no version" in load_error and "export_learner" in load_error
