@@ -33,13 +33,13 @@ def export_tiny_learner(path: Path, vocab_ok: bool = True, ages: bool = False) -
     """Train a tiny learner on synthetic images for one epoch and export it like the real one:
     over the seven groups, or (``ages``) over ages 0-100 like the shipped model."""
     from agegroup.ages import AGE_CLASSES
-    from agegroup.training.train import build_learner, export_learner, plain_copy
+    from agegroup.training.train import LearnerConfig, build_learner, export_learner, plain_copy
 
     images = synthetic_faces(2 * len(BUCKETS) + 2, TINY_SIZE)
     vocab = AGE_CLASSES if ages else BUCKETS
     labels = [(i * 13) % len(vocab) for i in range(len(images))]
-    options = dict(size=TINY_SIZE, batch_size=8, arch=tiny_cnn, bf16=False, vocab=vocab)
-    learn = build_learner(images, labels, valid_idx=[0, 1], **options)
+    config = LearnerConfig(TINY_SIZE, batch_size=8, vocab=vocab, bf16=False)
+    learn = build_learner(images, labels, [0, 1], config, arch=tiny_cnn)
     if not vocab_ok:
         from fastai.data.transforms import CategoryMap
 
@@ -47,5 +47,5 @@ def export_tiny_learner(path: Path, vocab_ok: bool = True, ages: bool = False) -
         categorize.vocab = CategoryMap(list(reversed(BUCKETS)), sort=False)
     learn.fit(1, 1e-3)
     if ages:  # exported like train.py's age models: a plain copy with fastai's own loss
-        learn = plain_copy(learn, images, labels, [0, 1], TINY_SIZE, 0.1, vocab, arch=tiny_cnn)
+        learn = plain_copy(learn, images, labels, [0, 1], config, arch=tiny_cnn)
     return export_learner(learn, path, name="tiny-test-model", version="0.0.1")
