@@ -275,9 +275,25 @@ def test_security_headers_on_every_page(client, method: str, path: str, payload)
     assert_no_leak(response)
 
 
-@pytest.mark.parametrize(("method", "path", "payload"), [p for p in PAGES if p[2] != "photo"][:2])
-def test_pages_have_no_inline_script(client, method: str, path: str, payload) -> None:
-    html = client.open(path, method=method).get_data(as_text=True)
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status"),
+    [
+        ("GET", "/", None, 200),
+        ("GET", "/no-such-page", None, 404),
+        ("GET", "/predict", None, 405),
+        ("POST", "/predict", "bad", 415),
+    ],
+)
+def test_the_home_page_and_every_html_error_page_have_no_inline_script(
+    client, method: str, path: str, payload, status: int
+) -> None:
+    if payload is None:
+        response = client.open(path, method=method)
+    else:
+        response = post(client, b"not an image", path)
+    assert response.status_code == status and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert "<form" in html  # error pages carry the upload form too
     assert_no_inline_script(html)
 
 
