@@ -45,7 +45,7 @@ DEFAULT_OUT = PROJECT_ROOT / "bench" / "results" / "latest.json"
 # --- photos ---------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+def gradient_backdrop(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """A smooth two-colour gradient with a little noise, so the JPEG is photo-sized."""
     width, height = size
     top, bottom = rng.integers(40, 220, size=(2, 3))
@@ -58,7 +58,7 @@ def compose_photo(
     faces: Sequence[Image.Image], rng: np.random.Generator, size: tuple[int, int] = PHOTO_SIZE
 ) -> bytes:
     """Paste ``faces`` side by side (random sizes and offsets) on a background; JPEG bytes."""
-    photo = _background(rng, size)
+    photo = gradient_backdrop(rng, size)
     slot = size[0] // max(1, len(faces))
     for index, face in enumerate(faces):
         side = int(min(slot * 0.9, size[1] * 0.45) * rng.uniform(0.8, 1.0))

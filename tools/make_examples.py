@@ -29,7 +29,7 @@ def grace() -> Image.Image:
         return image.convert("RGB")
 
 
-def background(width: int, height: int, seed: int) -> Image.Image:
+def soft_wall(width: int, height: int, seed: int) -> Image.Image:
     """A soft, muted wall: a stand-in for a room, with no face in it."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(150, 215, (height // 100, width // 100, 3), np.uint8)
@@ -51,7 +51,7 @@ def group(face_source: Image.Image) -> Image.Image:
 
     [box] = get_detector().detect(face_source)
     face = crop_face(face_source, box)
-    photo = background(1200, 800, seed=2)
+    photo = soft_wall(1200, 800, seed=2)
     for x, y, side, mirrored, grey in GROUP:
         one = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else face
         if grey:

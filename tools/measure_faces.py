@@ -40,7 +40,7 @@ CANVAS = (800, 600)
 Placed = tuple[int, int, int]  # x, y, side of a pasted face
 
 
-def background(size: tuple[int, int], seed: int) -> Image.Image:
+def cluttered_scene(size: tuple[int, int], seed: int) -> Image.Image:
     """Smooth colour noise with random shapes: clutter without faces."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -58,7 +58,7 @@ def background(size: tuple[int, int], seed: int) -> Image.Image:
 def paste(faces: list[Image.Image], sides: list[int], size: tuple[int, int], seed: int):
     """Paste ``faces`` at ``sides`` without overlap; returns the photo and the placements."""
     rng = random.Random(seed)
-    photo = background(size, seed)
+    photo = cluttered_scene(size, seed)
     placed: list[Placed] = []
     for face, side in zip(faces, sides, strict=True):
         for _ in range(200):
@@ -172,13 +172,9 @@ print(before // 1024, peak_kb() // 1024)
 
 
 def measure_memory() -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    probe = [sys.executable, "-c", _MEMORY_PROBE]
+    out = subprocess.run(probe, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    out = out.stdout.split()
     before, after = int(out[0]), int(out[1])
     report = {
         "baseline_numpy_pillow_mb": before,

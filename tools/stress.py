@@ -25,6 +25,7 @@ import argparse
 import http.client
 import json
 import math
+import os
 import random
 import struct
 import sys
@@ -40,7 +41,7 @@ from PIL import Image
 
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost
-from testsupport.memory import memory_mb, reset_peaks
+from testsupport.memory import memory_mb, proc_status, reset_peaks
 from testsupport.server import GunicornServer, render_env, settings_for
 from testsupport.uploads import image_bytes, image_form
 from tools.bench import percentile, run_clients
@@ -174,13 +175,6 @@ def worst_files(settings: Settings, seed: int = 0) -> list[tuple[str, bytes, set
 
 
 # --- what one decode costs, in a fresh process ------------------------------------------------
-def _kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-
-
 def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[str, list[int]]:
     """``{kind: [peak RSS growth, estimate]}`` in bytes, decoding each kind in turn here."""
     from agegroup import images
@@ -193,10 +187,10 @@ def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[s
         data = WORST[name](side)
         estimate = _cost(data, settings).bytes
         images.release_memory()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
-        before = _kb("VmRSS")
+        reset_peaks(os.getpid())  # VmHWM starts again from VmRSS
+        before = proc_status(os.getpid())["VmRSS"]
         images.decode_upload(data, 10**9, work_size)
-        out[name] = [(_kb("VmHWM") - before) * 1024, estimate]
+        out[name] = [(proc_status(os.getpid())["VmHWM"] - before) * 1024, estimate]
     return out
 
 
@@ -219,7 +213,7 @@ def server_mb(root: int) -> tuple[float, float]:
     return memory["rss_mb"], memory["peak_mb"]
 
 
-def post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
+def timed_post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
     """One upload on its own connection: status, headers, body and seconds taken."""
     started = time.perf_counter()
     status, headers, body = server.request("POST", "/api/predict", image_form(data), timeout=120)
@@ -255,7 +249,7 @@ def burst(
             which = rng.randrange(len(photos))
             for kind, body in (("worst", data), ("photo", photos[which])):
                 try:
-                    status, headers, answer, seconds = post(server, body)
+                    status, headers, answer, seconds = timed_post(server, body)
                 except (OSError, http.client.HTTPException) as exc:
                     with lock:
                         dropped[0] += 1
@@ -334,7 +328,7 @@ def run_stress(
     photos = valid_photos(photo_count, seed)
     alone = []
     for photo in photos:
-        status, _, body, _ = post(server, photo)
+        status, _, body, _ = timed_post(server, photo)
         if status != 200:
             raise RuntimeError(f"a normal photo got {status} when sent alone")
         alone.append(probabilities(body))
