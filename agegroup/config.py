@@ -50,7 +50,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Memory that image decodes and analyses may hold at once in one worker
     # (agegroup.images.MemoryBudget): the deployed server rests near 240 MB, and with this budget
-    # its peak stayed under 400 MB in scripts/stress.py (README "Robustness").
+    # its peak stayed under 400 MB in tools/stress.py (README "Robustness").
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
