@@ -100,7 +100,11 @@ class GunicornServer:
             self.process = subprocess.Popen(
                 self.command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        self.wait_until_serving(wait_s)
+        try:
+            self.wait_until_serving(wait_s)
+        except BaseException:
+            self.stop()  # never leave a server behind that nobody will stop
+            raise
         self.cold_start_s = time.perf_counter() - started
         return self
 
