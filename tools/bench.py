@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         type=Path,
-        default=PROJECT_ROOT / "model" / "export.pkl",
+        default=Settings().model_path,
         help="the learner; the onnx runtime serves the .onnx beside it",
     )
     parser.add_argument("--data", type=Path, default=UTKFACE_DIR, help="UTKFace folder")

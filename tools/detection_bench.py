@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from agegroup.config import PROJECT_ROOT, UTKFACE_DIR
+from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import FaceDetector, make_detector
 
 SIZES = (32, 48, 80, 160, 320)
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detectors", default=",".join(DETECTORS), help=f"comma-separated, of {DETECTORS}"
     )
-    parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.onnx")
+    parser.add_argument("--model", type=Path, default=Settings().lean_model_path)
     parser.add_argument("--threads", type=int, default=1, help="detector and model threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agegroup.config import PROJECT_ROOT, UTKFACE_DIR
+from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.training.data import image_dir_of
 from testsupport.memory import memory_mb, rss_mb
 from testsupport.server import GunicornServer, render_env
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
-        model = args.model or PROJECT_ROOT / "model" / "export.pkl"
+        model = args.model or Settings().model_path
         if args.tiny:
             model = Path(scratch) / "missing.pkl"
         env = {"GUNICORN_THREADS": str(args.threads), "WEB_CONCURRENCY": "1"}

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="each worst file per client")
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.pkl")
+    parser.add_argument("--model", type=Path, default=Settings().model_path)
     parser.add_argument("--max-peak-mb", type=float, default=450)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument(
