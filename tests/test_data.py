@@ -36,7 +36,7 @@ from agegroup.training.data import (
         ("/data/UTKFace/7_0_3_20170110215648859.jpg.chip.jpg", FaceLabel(7, 0, 3)),
     ],
 )
-def test_parse_every_name_pattern(name, label):
+def test_every_name_pattern_upstream_parses_to_its_age_gender_and_race(name, label):
     assert parse_utkface_name(name) == label
 
 

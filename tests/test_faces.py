@@ -404,7 +404,9 @@ def test_photo_full_of_faces_stays_within_limits(client, utk_like: Image.Image) 
     assert "faces were found" in body["warnings"][0]
 
 
-def test_detection_benchmark_runs_quickly(tmp_path: Path) -> None:
+def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
+    tmp_path: Path,
+) -> None:
     if not UTKFACE_IMAGES.is_dir():
         pytest.skip("UTKFace is not available beside the checkout")
     from tools import detection_bench
