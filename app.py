@@ -3,7 +3,7 @@
 import logging
 import os
 
-from agegroup import create_app
+from agegroup.factory import create_app
 
 logging.basicConfig(
     level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"

@@ -3,31 +3,18 @@
 One worker process holds one copy of the model (the memory budget on Render's free tier is
 512 MB); a few threads let it serve slow uploads and predictions at the same time.
 
-Slow clients. A gthread worker reads a request (headers and body) in one of its ``threads``,
-so a client that sends one byte at a time holds a thread, not the worker: the other threads
-keep answering everybody else. Gunicorn itself puts no limit on how long that takes (its
-``timeout`` only restarts a worker whose main loop hangs), so ``DeadlineWorker`` below closes
-a connection whose thread is still waiting for the request ``GUNICORN_REQUEST_DEADLINE``
-seconds after it started reading it; the thread is free again at once. Time spent computing
-the answer never counts, so a slow prediction on a busy host is not cut. A client that opens
-many slow connections can still hold all threads for that long: on the public internet, a
-proxy that buffers whole requests before passing them on is the full protection.
-tests/test_soak.py::test_slow_clients_do_not_block_other_users checks this behaviour.
+Slow clients: the worker class (``agegroup.gunicorn_worker.DeadlineWorker``) closes a
+connection still sending its request ``GUNICORN_REQUEST_DEADLINE`` seconds after it started;
+see that module.
 """
 
 import os
-import socket
-import time
-
-from gunicorn.workers.gthread import ThreadWorker
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # Restart a worker whose main loop stops answering (a hung C extension), not a slow request.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-# The longest a client may take to send one request (headers and body), from its first byte.
-request_deadline = float(os.environ.get("GUNICORN_REQUEST_DEADLINE", "30"))
 graceful_timeout = 20
 keepalive = 5
 # The model is loaded in each worker after the fork (preloading torch before fork can hang).
@@ -43,60 +30,4 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 
 
-class _TimedReads:
-    """The socket as the request parser sees it: marks when a thread waits for the client."""
-
-    def __init__(self, sock: socket.socket, conn: object) -> None:
-        self._sock = sock
-        self._conn = conn
-
-    def recv(self, size: int) -> bytes:
-        self._conn.waiting = True
-        try:
-            return self._sock.recv(size)
-        finally:
-            self._conn.waiting = False
-
-
-class DeadlineWorker(ThreadWorker):
-    """A gthread worker that cuts off clients still sending a request after ``request_deadline``.
-
-    Only time spent waiting for the client counts: a slow prediction is never cut.
-    """
-
-    def enqueue_req(self, conn):  # type: ignore[no-untyped-def]
-        conn.started = time.monotonic()
-        conn.waiting = False
-        conn.init()  # creates the parser on a connection's first request
-        unreader = conn.parser.unreader
-        if not isinstance(unreader.sock, _TimedReads):
-            unreader.sock = _TimedReads(unreader.sock, conn)
-        # As in ThreadWorker.enqueue_req, now that the reads are timed before any thread runs.
-        self._wrap_future(self.tpool.submit(self.handle, conn), conn)
-
-    def handle(self, conn):  # type: ignore[no-untyped-def]
-        conn.started = time.monotonic()  # a thread starts reading now, not when it was queued
-        return super().handle(conn)
-
-    def murder_keepalived(self):  # type: ignore[no-untyped-def]
-        """Runs about once a second in the main loop: also close requests past the deadline."""
-        super().murder_keepalived()
-        now = time.monotonic()
-        for future in list(self.futures):
-            conn = future.conn
-            if future.done() or not conn.waiting or now - conn.started < request_deadline:
-                continue
-            conn.waiting = False
-            self.log.warning(
-                "Closing a connection from %s still sending its request after %.0f s",
-                conn.client[0] if conn.client else "?",
-                request_deadline,
-            )
-            try:
-                # Wakes the thread blocked on this socket: its read sees the end of the stream.
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-worker_class = DeadlineWorker
+worker_class = "agegroup.gunicorn_worker.DeadlineWorker"

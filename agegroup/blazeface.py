@@ -2,7 +2,7 @@
 
 The networks are Google's ``face_detection_full_range`` and ``face_detection_short_range``
 (Apache-2.0, from the npm package ``@mediapipe/face_detection``), converted once to ONNX by
-``scripts/convert_blazeface.py`` with a free input size: they are fully convolutional, so a
+``tools/convert_blazeface.py`` with a free input size: they are fully convolutional, so a
 whole photo goes through in one run and every cell of the output grid is an anchor, exactly as
 MediaPipe's 192 x 192 (128 x 128) grid is. Decoding follows MediaPipe's calculators for these
 models: anchor centres at the cell centres, fixed anchor size, offsets in input pixels, a

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# UTKFace, for training, evaluation and the benchmarks (never the server): beside the checkout
+# in ``../shared/data/utkface`` unless ``AGE_UTKFACE_DIR`` names another folder.
+UTKFACE_DIR = Path(
+    os.environ.get("AGE_UTKFACE_DIR") or PROJECT_ROOT.parent / "shared" / "data" / "utkface"
+)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -17,6 +22,11 @@ def _env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _env_word(name: str, default: str) -> str:
+    """A lower-case word from the environment; unset or blank means ``default``."""
+    return os.environ.get(name, "").strip().lower() or default
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Memory that image decodes and analyses may hold at once in one worker
     # (agegroup.images.MemoryBudget): the deployed server rests near 240 MB, and with this budget
-    # its peak stayed under 400 MB in scripts/stress.py (README "Robustness").
+    # its peak stayed under 400 MB in tools/stress.py (README "Robustness").
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
@@ -49,26 +59,27 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        model_path = Path(os.environ.get("AGE_MODEL_PATH") or cls().model_path)
+        """The settings the environment asks for; each default is the field's own, above."""
+        default = cls()
+        model_path = Path(os.environ.get("AGE_MODEL_PATH") or default.model_path)
         model_dir = Path(os.environ.get("AGE_MODEL_DIR") or model_path.resolve().parent)
         return cls(
             model_path=model_path,
             model_dir=model_dir,
-            max_upload_mb=_env_float("AGE_MAX_UPLOAD_MB", 10.0),
-            max_pixels=int(_env_float("AGE_MAX_PIXELS", 50_000_000)),
-            work_size=int(_env_float("AGE_WORK_SIZE", 1600)),
-            torch_threads=int(_env_float("AGE_TORCH_THREADS", 0)),
-            runtime=os.environ.get("AGE_RUNTIME", "fastai").strip().lower() or "fastai",
-            face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", "auto"),
+            max_upload_mb=_env_float("AGE_MAX_UPLOAD_MB", default.max_upload_mb),
+            max_pixels=int(_env_float("AGE_MAX_PIXELS", default.max_pixels)),
+            work_size=int(_env_float("AGE_WORK_SIZE", default.work_size)),
+            torch_threads=int(_env_float("AGE_TORCH_THREADS", default.torch_threads)),
+            runtime=_env_word("AGE_RUNTIME", default.runtime),
+            face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", default.face_landmarks),
             cors_origins=tuple(
                 o.strip().rstrip("/")
                 for o in os.environ.get("AGE_CORS_ORIGINS", "").split(",")
                 if o.strip()
             ),
-            decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", cls.decode_budget_mb),
-            decode_wait_s=_env_float("AGE_DECODE_WAIT_S", cls.decode_wait_s),
-            face_detector=os.environ.get("AGE_FACE_DETECTOR", "").strip().lower()
-            or cls.face_detector,
+            decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", default.decode_budget_mb),
+            decode_wait_s=_env_float("AGE_DECODE_WAIT_S", default.decode_wait_s),
+            face_detector=_env_word("AGE_FACE_DETECTOR", default.face_detector),
         )
 
     @property

@@ -14,7 +14,7 @@ moment and is then refused with 503 + Retry-After. Large still PNG and WebP imag
 by libvips (``pyvips``, when installed) with shrink-on-load: the same 49-megapixel files take
 55 and 35 MB there. After a large decode the freed memory is handed back to the system
 (``malloc_trim``), so the worker returns to its resting size. Numbers and commands: README
-"Robustness" and ``scripts/stress.py``.
+"Robustness" and ``tools/stress.py``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _bands(image: Image.Image) -> int:
 class DecodeCost:
     """Estimated peak memory of one decode: ``per_pixel`` x pixels + ``fixed`` bytes.
 
-    The factors were measured with ``scripts/stress.py --calibrate`` (peak RSS growth of a fresh
+    The factors were measured with ``tools/stress.py --calibrate`` (peak RSS growth of a fresh
     process decoding the worst file of each kind); tests/test_memory.py checks that every
     estimate stays above what the decode really takes.
     """

@@ -4,7 +4,7 @@ One small interface with two implementations of the same exported learner:
 
 * ``FastaiPredictor`` loads ``export.pkl`` with fastai's ``load_learner`` and runs the
   learner's own pipeline (the reference; about 1 GB resident with CUDA builds of torch).
-* the lean twin (``agegroup.lean``) runs an ONNX copy of the same network with onnxruntime,
+* the lean twin (``agegroup.onnx_runtime``) runs an ONNX copy of the same network with onnxruntime,
   for hosts with 512 MB of memory; a test proves both give the same probabilities.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +128,6 @@ def probabilities_of(logits: np.ndarray, calibration: Calibration | None) -> np.
     return softmax(calibration.adjust(logits) if calibration is not None else logits)
 
 
-def _model_version(path: Path) -> str:
-    """A fallback version for learners exported without one: file date and size."""
-    stat = path.stat()
-    return time.strftime("%Y%m%d", time.gmtime(stat.st_mtime)) + f"-{stat.st_size % 100000:05d}"
-
-
 class FastaiPredictor:
     """The exported fastai learner, loaded once and run on the CPU."""
 
@@ -164,6 +157,11 @@ class FastaiPredictor:
             raise ModelUnavailable(
                 f"The model file {path.name} has no Resize step, so its input size is unknown."
             )
+        if not hasattr(learn, "agegroup_version"):
+            raise ModelUnavailable(
+                f"The model file {path.name} carries no version; export it with "
+                "agegroup.training.train.export_learner."
+            )
         self.learn = learn
         self._torch = torch
         self.calibration = (
@@ -173,7 +171,7 @@ class FastaiPredictor:
         )
         self.info = ModelInfo(
             name=str(getattr(learn, "agegroup_name", resolved.stem)),
-            version=str(getattr(learn, "agegroup_version", _model_version(resolved))),
+            version=str(learn.agegroup_version),
             input_size=int(sizes[0][0]),
             classes=classes,
         )

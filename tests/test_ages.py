@@ -21,8 +21,7 @@ from agegroup.ages import (
     to_groups,
 )
 from agegroup.buckets import BUCKETS, bucket_for_age
-
-from conftest import synthetic_faces
+from testsupport.images import synthetic_faces
 
 
 def uniform_over(low: int, high: int) -> np.ndarray:
@@ -114,7 +113,7 @@ def test_both_runtimes_apply_the_calibration_beside_the_model_and_refuse_a_stale
 
     from agegroup.calibration import Calibration
     from agegroup.errors import ModelUnavailable
-    from agegroup.lean import OnnxPredictor
+    from agegroup.onnx_runtime import OnnxPredictor
     from agegroup.predictor import FastaiPredictor, file_sha256
 
     for name in ("export.pkl", "export.onnx"):
@@ -141,9 +140,8 @@ def test_both_runtimes_apply_the_calibration_beside_the_model_and_refuse_a_stale
 
 @pytest.fixture(scope="module")
 def age_model_dir(tmp_path_factory: pytest.TempPathFactory):
-    from agegroup.lean import export_onnx
-
-    from conftest import export_tiny_learner
+    from agegroup.training.onnx_export import export_onnx
+    from testsupport.learner import export_tiny_learner
 
     folder = tmp_path_factory.mktemp("age_model")
     export_tiny_learner(folder / "export.pkl", ages=True)
@@ -153,10 +151,9 @@ def age_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("runtime", ["fastai", "onnx"])
 def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_model_dir, runtime):
-    from agegroup import create_app
     from agegroup.config import Settings
-
-    from conftest import image_bytes
+    from agegroup.factory import create_app
+    from testsupport.uploads import image_bytes
 
     settings = Settings(
         model_path=age_model_dir / "export.pkl", model_dir=age_model_dir, runtime=runtime
@@ -186,7 +183,7 @@ def test_both_runtimes_serve_the_estimated_age_consistent_with_the_groups(age_mo
 
 
 def test_the_onnx_twin_of_an_age_model_gives_the_learners_age_probabilities(age_model_dir):
-    from agegroup.lean import OnnxPredictor
+    from agegroup.onnx_runtime import OnnxPredictor
     from agegroup.predictor import FastaiPredictor
 
     faces = [Image.fromarray(a) for a in synthetic_faces(4, 200, seed=8)]

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,27 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
-from werkzeug.serving import make_server
 
-from agegroup import create_app
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
+from agegroup.factory import create_app
+from testsupport.browser import FAKE_CAMERA_ARGS, chromium_path, launch_chromium, serving
+from testsupport.uploads import image_bytes
 
-from conftest import image_bytes
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # A fake camera (a test pattern) that is allowed without a prompt: for the webcam test.
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 VIEWPORT = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +80,7 @@ def _skip_or_fail(reason: str) -> None:
 @pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Any]:
     """Debian's Chromium under Playwright, shared by the tests of this module."""
-    executable = os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
+    executable = chromium_path()
     if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
         _skip_or_fail(f"no Chromium at {executable} (apt-get install chromium, or CHROMIUM_PATH)")
     try:
@@ -103,9 +88,7 @@ def chromium_browser() -> Iterator[Any]:
     except ImportError:
         _skip_or_fail("the playwright package is not installed")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
+        chromium = launch_chromium(playwright, FAKE_CAMERA_ARGS)
         yield chromium
         chromium.close()
 
@@ -127,12 +110,8 @@ PASTE_FILE = """
 @pytest.fixture(scope="module")
 def live_url(chromium_browser: Any, settings: Settings) -> Iterator[str]:
     """The real app, model loaded at startup, served by Werkzeug on a free loopback port."""
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="browser-test-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    with serving(create_app(settings)) as url:
+        yield url
 
 
 @dataclass

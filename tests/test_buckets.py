@@ -22,7 +22,7 @@ from agegroup.buckets import BUCKETS, bucket_for_age, bucket_index
         (116, "61+"),
     ],
 )
-def test_bucket_edges(age, bucket):
+def test_each_age_at_a_group_edge_falls_in_the_right_group(age, bucket):
     assert bucket_for_age(age) == bucket
     assert BUCKETS[bucket_index(age)] == bucket
 

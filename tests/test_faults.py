@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import pickle
 import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from agegroup import create_app
-from agegroup.config import PROJECT_ROOT, Settings
-
-from conftest import image_bytes, synthetic_faces
-
-# The full soak lives in scripts/soak.py; the tests reuse its server and its checks.
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-soak = importlib.import_module("soak")
+from agegroup.config import Settings
+from agegroup.factory import create_app
+from testsupport.images import synthetic_faces
+from testsupport.server import GunicornServer
+from testsupport.uploads import image_bytes, image_form
 
 
 def photo() -> bytes:
@@ -115,19 +110,19 @@ def test_the_same_model_inside_the_folder_loads(model_dir) -> None:
 def test_gunicorn_without_a_model_serves_a_clear_error(tmp_path) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
-    with soak.GunicornServer(folder / "export.pkl", tmp_path / "gunicorn.log") as server:
+    with GunicornServer(folder / "export.pkl", tmp_path / "gunicorn.log") as server:
         status, _, body = server.request("GET", "/healthz")
         assert status == 503 and b"model_unavailable" in body
         status, _, body = server.request("GET", "/")
         assert status == 200 and b'id="no-model"' in body
-        status, _, body = server.request("POST", "/predict", soak.multipart(photo()))
+        status, _, body = server.request("POST", "/predict", image_form(photo()))
         assert status == 503 and b'data-code="model_unavailable"' in body
         assert "no model loaded" in server.log_text()
 
 
 def test_a_worker_killed_mid_request_is_replaced(model_dir, tmp_path) -> None:
-    env = {"PYTHONPATH": soak.TINY_MODEL_PATH, "WEB_CONCURRENCY": "1"}
-    with soak.GunicornServer(model_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
+    env = {"WEB_CONCURRENCY": "1"}
+    with GunicornServer(model_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
         assert server.request("GET", "/healthz")[0] == 200
         (worker,) = server.worker_pids()
         # A request whose body is still arriving when the worker dies.
@@ -149,7 +144,7 @@ def test_a_worker_killed_mid_request_is_replaced(model_dir, tmp_path) -> None:
                 break
             time.sleep(0.2)
         assert server.wait_until_serving(300) == 200
-        status, _, body = server.request("POST", "/api/predict", soak.multipart(photo()))
+        status, _, body = server.request("POST", "/api/predict", image_form(photo()))
         assert status == 200 and b"probabilities" in body
         assert server.worker_pids() != [worker]
         assert "SIGKILL" in server.log_text() or "killed" in server.log_text().lower()

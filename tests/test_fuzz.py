@@ -18,14 +18,14 @@ from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from agegroup import create_app
 from agegroup.buckets import BUCKETS
+from agegroup.factory import create_app
 from agegroup.predictor import ModelInfo
+from testsupport.uploads import post
 
 EXAMPLES = 2000
 # Through the real tiny learner too: fastai's per-call overhead (~0.1 s) limits how many.
 REAL_MODEL_EXAMPLES = 150
-BOUNDARY = "fuzz-boundary-7c1e"
 # A clear answer: a prediction, or an error the user can act on.
 EXPECTED = {
     200: None,
@@ -145,15 +145,6 @@ def mutated_files(draw: st.DrawFn) -> tuple[str, bytes]:
     return name, bytes(data)
 
 
-def _multipart(data: bytes) -> bytes:
-    head = (
-        f"--{BOUNDARY}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="fuzz.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 class CheckingPredictor:
     """Stands in for the model in the 2,000-case run, and checks what decoding hands it.
 
@@ -182,11 +173,7 @@ def fuzz_client(settings):
 
 
 def post_and_check(client, data: bytes) -> None:
-    response = client.post(
-        "/api/predict",
-        data=_multipart(data),
-        content_type=f"multipart/form-data; boundary={BOUNDARY}",
-    )
+    response = post(client, data, filename="fuzz.jpg")
     assert response.status_code in EXPECTED, response.get_data(as_text=True)[:300]
     body = response.get_json()
     if response.status_code == 200:
@@ -202,12 +189,7 @@ def post_and_check(client, data: bytes) -> None:
 
 def test_the_seed_files_are_accepted(client) -> None:
     for name, data in SEEDS.items():
-        response = client.post(
-            "/api/predict",
-            data=_multipart(data),
-            content_type=f"multipart/form-data; boundary={BOUNDARY}",
-        )
-        assert response.status_code == 200, name
+        assert post(client, data, filename="fuzz.jpg").status_code == 200, name
 
 
 def test_dimension_rewrite_reaches_the_header() -> None:

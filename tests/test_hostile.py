@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import sys
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,8 +13,8 @@ from flask import Flask, Request
 from PIL import Image
 
 from agegroup.buckets import BUCKETS
-
-from conftest import image_bytes, synthetic_faces
+from testsupport.images import face_jpeg, synthetic_faces
+from testsupport.uploads import image_bytes, multipart, png_claiming, post, post_body
 
 # --- watching the disk ---------------------------------------------------------------------
 # An audit hook sees every file opened for writing and every temporary file, whichever library
@@ -49,49 +47,7 @@ def disk_writes() -> Iterator[list[str]]:
     _WATCH.remove(seen)
 
 
-# --- building requests by hand (the test client would spool big bodies to a temp file) --------
-BOUNDARY = "----agegroup-test-boundary"
-
-
-def multipart(*parts: tuple[str, str | None, str, bytes]) -> bytes:
-    """``(field, filename, content type, bytes)`` parts as one multipart/form-data body."""
-    out = io.BytesIO()
-    for field, filename, ctype, data in parts:
-        out.write(f"--{BOUNDARY}\r\n".encode())
-        disposition = f'form-data; name="{field}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out.write(f"Content-Disposition: {disposition}\r\n".encode())
-        out.write(f"Content-Type: {ctype}\r\n\r\n".encode())
-        out.write(data)
-        out.write(b"\r\n")
-    out.write(f"--{BOUNDARY}--\r\n".encode())
-    return out.getvalue()
-
-
-def post(client, path: str, body: bytes, ctype: str | None = None):
-    ctype = ctype or f"multipart/form-data; boundary={BOUNDARY}"
-    return client.post(path, data=body, content_type=ctype)
-
-
-def upload(client, path: str, data: bytes, filename: str = "photo.jpg"):
-    return post(client, path, multipart(("image", filename, "image/jpeg", data)))
-
-
 # --- crafted files -----------------------------------------------------------------------------
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb() -> bytes:
-    """A few dozen bytes that claim 100,000 x 100,000 pixels."""
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1024, 9)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    )
-
-
 def gif_with_frames(count: int) -> bytes:
     frames = [Image.new("P", (8, 8), i % 200) for i in range(count)]
     out = io.BytesIO()
@@ -106,36 +62,32 @@ def multi_page_tiff() -> bytes:
     return out.getvalue()
 
 
-def face_jpeg_bytes() -> bytes:
-    return image_bytes(Image.fromarray(synthetic_faces(1, 120, seed=3)[0]))
-
-
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><circle r="9"/></svg>'
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>"
 
 CRAFTED = {
     # name: (bytes, filename, expected status, expected error code or None for a prediction)
-    "decompression bomb": (png_bomb(), "bomb.png", 413, "too_large"),
+    "decompression bomb": (png_claiming(100_000, 100_000), "bomb.png", 413, "too_large"),
     "gif with 3000 frames": (gif_with_frames(3000), "many.gif", 200, None),
     "multi-page tiff": (multi_page_tiff(), "pages.tiff", 415, "unsupported_type"),
     "svg": (SVG, "drawing.svg", 415, "unsupported_type"),
     "pdf": (PDF, "document.pdf", 415, "unsupported_type"),
     "html renamed jpg": (HTML, "photo.jpg", 415, "unsupported_type"),
     "jpeg with a zip appended": (
-        face_jpeg_bytes() + b"PK\x03\x04\x14\x00" + b"\0" * 500,
+        face_jpeg() + b"PK\x03\x04\x14\x00" + b"\0" * 500,
         "polyglot.jpg",
         200,
         None,
     ),
     "path traversal, non-ascii name": (
-        face_jpeg_bytes(),
+        face_jpeg(),
         "../../etc/pässwd/фото 😀.jpg",
         200,
         None,
     ),
-    "script in the file name": (face_jpeg_bytes(), '"><script>alert(1)</script>.jpg', 200, None),
-    "truncated jpeg": (face_jpeg_bytes()[:400], "cut.jpg", 422, "corrupt_image"),
+    "script in the file name": (face_jpeg(), '"><script>alert(1)</script>.jpg', 200, None),
+    "truncated jpeg": (face_jpeg()[:400], "cut.jpg", 422, "corrupt_image"),
     "empty file": (b"", "empty.jpg", 400, "no_image"),
     "over the size limit": (
         b"\xff\xd8\xff" + b"\0" * (1024 * 1024 + 10),
@@ -164,7 +116,7 @@ def assert_no_leak(response) -> None:
 @pytest.mark.parametrize("name", list(CRAFTED))
 def test_crafted_upload_gets_a_fitting_answer(client, disk_writes, path: str, name: str) -> None:
     data, filename, status, code = CRAFTED[name]
-    response = upload(client, path, data, filename)
+    response = post(client, data, path, filename)
     if path == "/predict" and status == 200:  # post/redirect/get: the result is at the link
         assert response.status_code == 303
         response = client.get(response.headers["Location"])
@@ -186,19 +138,19 @@ def test_crafted_upload_gets_a_fitting_answer(client, disk_writes, path: str, na
 
 
 def test_several_image_fields_are_refused(client, disk_writes) -> None:
-    photo = face_jpeg_bytes()
+    photo = face_jpeg()
     body = multipart(
         ("image", "a.jpg", "image/jpeg", photo), ("image", "b.jpg", "image/jpeg", photo)
     )
-    response = post(client, "/api/predict", body)
+    response = post_body(client, "/api/predict", body)
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "bad_request"
     assert disk_writes == []
 
 
 def test_a_file_in_another_field_is_no_image(client) -> None:
-    body = multipart(("photo", "a.jpg", "image/jpeg", face_jpeg_bytes()))
-    response = post(client, "/api/predict", body)
+    body = multipart(("photo", "a.jpg", "image/jpeg", face_jpeg()))
+    response = post_body(client, "/api/predict", body)
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "no_image"
 
@@ -216,16 +168,17 @@ def test_a_file_in_another_field_is_no_image(client) -> None:
     ids=["empty", "octet-stream", "json", "urlencoded", "wrong boundary", "no boundary"],
 )
 def test_a_request_without_a_multipart_upload_is_a_clear_400(client, body, ctype) -> None:
-    response = post(client, "/api/predict", body, ctype or "multipart/form-data; boundary=x")
+    response = post_body(client, "/api/predict", body, ctype or "multipart/form-data; boundary=x")
     assert response.status_code == 400
-    assert response.get_json()["error"]["code"] in ("no_image", "bad_request")
+    assert response.get_json()["error"]["code"] == "no_image"
     assert_no_leak(response)
 
 
-def test_thousands_of_form_parts_are_refused(client) -> None:
+def test_thousands_of_form_parts_are_refused_as_too_large(client) -> None:
     parts = [("f", None, "text/plain", b"x")] * 1500
-    response = post(client, "/api/predict", multipart(*parts))
-    assert response.status_code in (400, 413)
+    response = post_body(client, "/api/predict", multipart(*parts))
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "too_large"
     assert_no_leak(response)
 
 
@@ -250,7 +203,7 @@ def test_big_upload_is_kept_in_memory(client, disk_writes) -> None:
     """Werkzeug spools files over 500 KB to a temporary file unless told otherwise."""
     photo = image_bytes(Image.effect_noise((700, 700), 90).convert("RGB"), quality=98)
     assert 500 * 1024 < len(photo) < 1024 * 1024
-    response = upload(client, "/api/predict", photo)
+    response = post(client, photo, "/api/predict")
     assert response.status_code == 200
     assert disk_writes == []
 
@@ -270,7 +223,7 @@ def test_photos_over_64_kib_are_not_refused_as_too_large(client) -> None:
     for seed in range(8):
         photo = noise_jpeg(seed, 300 + 20 * seed)
         assert 64 * 1024 < len(photo) < 1024 * 1024
-        statuses.append(upload(client, "/api/predict", photo).status_code)
+        statuses.append(post(client, photo, "/api/predict").status_code)
     assert statuses == [200] * 8
 
 
@@ -286,7 +239,7 @@ def test_the_disk_watch_sees_a_spooled_upload(settings, disk_writes) -> None:
         return str(len(request.files["image"].read()))
 
     body = multipart(("image", "a.jpg", "image/jpeg", b"\0" * (600 * 1024)))
-    response = post(plain.test_client(), "/", body)
+    response = post_body(plain.test_client(), "/", body)
     assert response.get_data(as_text=True) == str(600 * 1024)
     assert disk_writes, "a spooled upload went unnoticed"
 
@@ -309,8 +262,8 @@ def test_security_headers_on_every_page(client, method: str, path: str, payload)
     if payload is None:
         response = client.open(path, method=method)
     else:
-        data = face_jpeg_bytes() if payload == "photo" else b"not an image"
-        response = upload(client, path, data)
+        data = face_jpeg() if payload == "photo" else b"not an image"
+        response = post(client, data, path)
     headers = response.headers
     csp = headers.get("Content-Security-Policy", "")
     directives = dict((d.strip().split(" ", 1) + [""])[:2] for d in csp.split(";") if d.strip())
@@ -323,14 +276,30 @@ def test_security_headers_on_every_page(client, method: str, path: str, payload)
     assert_no_leak(response)
 
 
-@pytest.mark.parametrize(("method", "path", "payload"), [p for p in PAGES if p[2] != "photo"][:2])
-def test_pages_have_no_inline_script(client, method: str, path: str, payload) -> None:
-    html = client.open(path, method=method).get_data(as_text=True)
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status"),
+    [
+        ("GET", "/", None, 200),
+        ("GET", "/no-such-page", None, 404),
+        ("GET", "/predict", None, 405),
+        ("POST", "/predict", "bad", 415),
+    ],
+)
+def test_the_home_page_and_every_html_error_page_have_no_inline_script(
+    client, method: str, path: str, payload, status: int
+) -> None:
+    if payload is None:
+        response = client.open(path, method=method)
+    else:
+        response = post(client, b"not an image", path)
+    assert response.status_code == status and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert "<form" in html  # error pages carry the upload form too
     assert_no_inline_script(html)
 
 
 def test_result_page_has_no_inline_script(client) -> None:
-    redirect = upload(client, "/predict", face_jpeg_bytes())
+    redirect = post(client, face_jpeg(), "/predict")
     html = client.get(redirect.headers["Location"]).get_data(as_text=True)
     assert 'id="predicted-bucket-1"' in html
     assert_no_inline_script(html)
@@ -353,5 +322,5 @@ def test_text_in_the_image_metadata_is_not_echoed(client) -> None:
     photo = Image.fromarray(synthetic_faces(1, 64, seed=5)[0])
     data = image_bytes(photo, "PNG", pnginfo=meta)
     for path in ("/predict", "/api/predict"):
-        text = upload(client, path, data, "<b>x</b>.png").get_data(as_text=True)
+        text = post(client, data, path, "<b>x</b>.png").get_data(as_text=True)
         assert "<script>alert" not in text and "<b>x</b>" not in text

@@ -15,33 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup import create_app
-from agegroup.bench import (
-    DEFAULT_DATA,
-    compose_photo,
-    memory_mb,
-    percentile,
-    procfile_command,
-)
-from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.config import PROJECT_ROOT, UTKFACE_DIR, Settings
 from agegroup.errors import ModelUnavailable
-from agegroup.lean import OnnxPredictor, export_onnx, main
+from agegroup.factory import create_app
+from agegroup.onnx_runtime import OnnxPredictor
 from agegroup.predictor import FastaiPredictor
 from agegroup.preprocess import to_model_input
+from agegroup.training.data import image_dir_of, spread_test_crops
+from agegroup.training.onnx_export import TOLERANCE, main
+from testsupport.images import synthetic_faces
+from testsupport.uploads import image_bytes
 
-from conftest import image_bytes, synthetic_faces
-
-TOLERANCE = 1e-4
-HAS_UTKFACE = (DEFAULT_DATA / "UTKFace").is_dir()
-
-
-@pytest.fixture(scope="module")
-def lean_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with the tiny learner and its ONNX twin."""
-    folder = tmp_path_factory.mktemp("lean")
-    shutil.copy(model_dir / "export.pkl", folder / "export.pkl")
-    export_onnx(folder / "export.pkl")
-    return folder
+HAS_UTKFACE = image_dir_of(UTKFACE_DIR).is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +68,9 @@ def test_same_probabilities_as_learn_predict(twin, reference) -> None:
 
 @pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
 def test_same_probabilities_on_utkface_test_crops(lean_dir) -> None:
-    from agegroup.lean import check_faces, compare
+    from agegroup.training.onnx_export import compare
 
-    result = compare(lean_dir / "export.pkl", lean_dir / "export.onnx", check_faces(5))
+    result = compare(lean_dir / "export.pkl", lean_dir / "export.onnx", spread_test_crops(5))
     assert result["max_diff_vs_fastai_predictor"] < TOLERANCE
     assert result["max_diff_vs_learn_predict"] < TOLERANCE
 
@@ -113,11 +98,33 @@ def test_cli_writes_the_same_file_again(lean_dir, tmp_path) -> None:
     assert (tmp_path / "export.onnx").read_bytes() == (lean_dir / "export.onnx").read_bytes()
 
 
+def test_cli_says_so_instead_of_checking_on_noise_when_utkface_is_missing(
+    lean_dir, tmp_path, capsys
+) -> None:
+    shutil.copy(lean_dir / "export.pkl", tmp_path / "export.pkl")
+    missing = tmp_path / "no-utkface"
+    assert main([str(tmp_path / "export.pkl"), "--check", "3", "--data", str(missing)]) == 2
+    error = capsys.readouterr().err
+    assert "UTKFace is not at" in error and "--check 0" in error
+
+
 def test_refuses_a_twin_of_another_learner(lean_dir, tmp_path) -> None:
     shutil.copy(lean_dir / "export.onnx", tmp_path / "export.onnx")
     (tmp_path / "export.pkl").write_bytes(b"a different learner")
     with pytest.raises(ModelUnavailable, match="not made from"):
         OnnxPredictor(tmp_path / "export.onnx", tmp_path)
+
+
+def test_refuses_a_twin_made_for_another_normalisation(lean_dir, tmp_path) -> None:
+    import onnx
+
+    model = onnx.load(str(lean_dir / "export.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "mean":
+            prop.value = json.dumps([0.5, 0.5, 0.5])
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ModelUnavailable, match="another normalisation"):
+        OnnxPredictor(tmp_path / "other.onnx", tmp_path)
 
 
 def test_refuses_wrong_classes_and_broken_files(lean_dir, tmp_path) -> None:
@@ -158,7 +165,7 @@ def test_app_serves_the_same_answer_with_either_runtime(lean_dir, client) -> Non
 def test_lean_server_never_imports_torch_or_fastai(lean_dir) -> None:
     script = """
 import io, json, sys
-from agegroup import create_app
+from agegroup.factory import create_app
 from PIL import Image
 app = create_app()
 photo = io.BytesIO()
@@ -235,39 +242,3 @@ def test_committed_twin_matches_the_committed_learner() -> None:
         pytest.skip("no model/export.onnx committed yet")
     predictor = OnnxPredictor(settings.lean_model_path, settings.model_dir)  # raises if stale
     assert predictor.predict([Image.new("RGB", (200, 200))]).shape == (1, 7)
-
-
-# --- the benchmark's own parts ----------------------------------------------------------------
-
-
-def test_composed_photo_is_about_a_megapixel() -> None:
-    faces = [Image.fromarray(a) for a in synthetic_faces(5, 200, seed=2)]
-    data = compose_photo(faces, np.random.default_rng(0))
-    with Image.open(io.BytesIO(data)) as photo:
-        assert photo.format == "JPEG"
-        assert 0.9e6 <= photo.width * photo.height <= 1.2e6
-
-
-def test_bench_starts_the_procfile_command_on_loopback() -> None:
-    command = procfile_command(8123)
-    assert Path(command[0]).name == "gunicorn"
-    assert "127.0.0.1:8123" in command and not any("0.0.0.0" in w for w in command)
-
-
-def test_bench_measures_memory_and_percentiles() -> None:
-    memory = memory_mb(os.getpid())
-    assert memory["processes"] >= 1 and memory["peak_mb"] >= memory["rss_mb"] > 10
-    assert percentile([10, 20, 30, 40], 50) == 25
-
-
-@pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
-def test_bench_runs_end_to_end_without_errors(lean_dir, tmp_path) -> None:
-    from agegroup.bench import main as bench
-
-    out = tmp_path / "bench.json"
-    argv = ["--model", str(lean_dir / "export.pkl"), "--requests", "2", "--total", "6"]
-    argv += ["--throughput-requests", "1", "--variants", "2", "--forward-repeats", "1"]
-    assert bench(argv + ["--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["errors"] == 0 and result["predictions"] >= 6
-    assert result["memory_after"]["processes"] >= 2  # gunicorn's master and its worker

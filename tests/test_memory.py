@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import sys
 import threading
 import time
 
@@ -13,16 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup import create_app, images
+from agegroup import images
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import CorruptImage, ServerBusy, UploadTooLarge
+from agegroup.factory import create_app
 from agegroup.images import MB, MemoryBudget, decode_upload, shared_budget
-
-from conftest import image_bytes
-
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-stress = importlib.import_module("stress")
-soak = importlib.import_module("soak")
+from testsupport.server import GunicornServer, render_env, settings_for
+from testsupport.uploads import image_bytes
+from tools import stress
 
 needs_vips = pytest.mark.skipif(images.pyvips is None, reason="pyvips is not installed")
 
@@ -140,7 +136,7 @@ def test_a_busy_budget_answers_503_with_retry_after(settings, path: str) -> None
 
 
 def test_render_yaml_env_is_what_the_stress_run_uses() -> None:
-    env = stress.render_env()
+    env = render_env()
     assert env["AGE_RUNTIME"] == "onnx" and env["MALLOC_ARENA_MAX"] == "2"
     assert env["WEB_CONCURRENCY"] == "1" and "GUNICORN_THREADS" in env
     assert "AGE_DECODE_BUDGET_MB" in env
@@ -152,10 +148,10 @@ def test_render_yaml_env_is_what_the_stress_run_uses() -> None:
 )
 def test_short_stress_in_the_deployed_configuration(tmp_path) -> None:
     """The server as render.yaml starts it, 8 clients at once sending the worst files."""
-    env = stress.render_env()
-    settings = stress.settings_for(env)
+    env = render_env()
+    settings = settings_for(env)
     model = PROJECT_ROOT / "model" / "export.pkl"
-    with soak.GunicornServer(model, tmp_path / "gunicorn.log", env) as server:
+    with GunicornServer(model, tmp_path / "gunicorn.log", env) as server:
         report = stress.run_stress(server, settings, [8], per_client=2, photo_count=4)
     print(json.dumps(report))
     assert stress.failures(report, max_p95_s=30) == [], json.dumps(report, indent=1)

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from conftest import image_bytes
+from testsupport.uploads import image_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "static" / "examples"
 

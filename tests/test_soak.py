@@ -1,21 +1,18 @@
-"""Short form of scripts/soak.py against a real gunicorn, plus slow clients that hold threads."""
+"""Short form of tools/soak.py against a real gunicorn, plus slow clients that hold threads."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from agegroup.config import PROJECT_ROOT
-
-# The full soak lives in scripts/soak.py; the tests reuse its server and its checks.
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-soak = importlib.import_module("soak")
+from testsupport.server import GunicornServer
+from testsupport.uploads import MULTIPART, image_form
+from tools import soak
 
 THREADS = 4
 DEADLINE_S = 15
@@ -25,12 +22,11 @@ DEADLINE_S = 15
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = {
-        "PYTHONPATH": soak.TINY_MODEL_PATH,
         "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": str(THREADS),
         "GUNICORN_REQUEST_DEADLINE": str(DEADLINE_S),
     }
-    with soak.GunicornServer(model_dir / "export.pkl", log, env) as running:
+    with GunicornServer(model_dir / "export.pkl", log, env) as running:
         yield running
 
 
@@ -43,7 +39,7 @@ def test_short_soak_has_no_errors_no_drops_no_cross_talk(server) -> None:
 
 
 def test_responses_from_gunicorn_reveal_no_versions(server) -> None:
-    status, headers, body = server.request("POST", "/api/predict", soak.multipart(b"not an image"))
+    status, headers, body = server.request("POST", "/api/predict", image_form(b"not an image"))
     assert status == 415
     assert not any(ch.isdigit() for ch in headers.get("Server", ""))
     for needle in (b"Traceback", b"site-packages", str(PROJECT_ROOT).encode()):
@@ -65,7 +61,7 @@ class SlowClient(threading.Thread):
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
             head = (
                 "POST /api/predict HTTP/1.1\r\nHost: localhost\r\n"
-                f"Content-Type: multipart/form-data; boundary={soak.BOUNDARY}\r\n"
+                f"Content-Type: {MULTIPART}\r\n"
                 f"Content-Length: {self.body_size}\r\n\r\n"
             )
             sock.sendall(head.encode())
@@ -98,7 +94,7 @@ def test_slow_clients_do_not_block_other_users(server) -> None:
             threading.Event().wait(0.1)
         photo = soak.valid_photos(1)[0]
         answers = [
-            server.request("POST", "/api/predict", soak.multipart(photo), timeout=DEADLINE_S)[0]
+            server.request("POST", "/api/predict", image_form(photo), timeout=DEADLINE_S)[0]
             for _ in range(3)
         ]
         still_held = [not c.closed_by_server.is_set() and c.is_alive() for c in slow]

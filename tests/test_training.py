@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -13,15 +14,14 @@ from agegroup.ages import AGE_CLASSES
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
-from agegroup.training.train import CachedImages, build_learner, export_learner
-
-from conftest import synthetic_faces
+from agegroup.training.train import CachedImages, LearnerConfig, build_learner, export_learner
+from testsupport.images import synthetic_faces
 
 
 def test_resnet50_trains_a_batch_and_exports_a_loadable_half_precision_learner(tmp_path):
     images = synthetic_faces(16, 32)
     buckets = [i % len(BUCKETS) for i in range(16)]
-    learn = build_learner(images, buckets, valid_idx=[0, 1, 2, 3], size=32, batch_size=12)
+    learn = build_learner(images, buckets, [0, 1, 2, 3], LearnerConfig(size=32, batch_size=12))
     before = [p.detach().clone() for p in learn.model.parameters()]
     learn.fit(1, 1e-3)  # one training batch of 12 synthetic images
     assert any(not torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
@@ -52,7 +52,6 @@ def test_the_image_cache_is_not_pickled_with_the_learner():
 
 
 def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path):
-    import json
 
     from agegroup.training.train import main
 
@@ -109,7 +108,7 @@ def _synthetic_utkface(root, count=60, size=40):
 
 
 def test_the_distillation_loss_mixes_the_true_group_with_the_teachers_probabilities():
-    from agegroup.training.train import DistillationLoss
+    from agegroup.training.distill import DistillationLoss
 
     torch.manual_seed(0)
     logits = torch.randn(8, 7)
@@ -139,6 +138,7 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
         ["--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1"]
         + ["--freeze-epochs", "0", "--bs", "16", "--run-dir", str(run), "--no-pretrained"]
     )
+    assert json.loads((run / "args.json").read_text())["freeze_epochs"] == 0  # the run's record
     with np.load(run / "soft_targets.npz") as saved:
         names, log_probs = list(saved["names"]), saved["log_probs"]
     samples = [s for s in list_samples(data) if not s.is_test]

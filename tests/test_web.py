@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup import create_app
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
+from agegroup.factory import create_app
 from agegroup.predictor import predict_flip_averaged
-
-from conftest import export_tiny_learner, image_bytes, synthetic_faces
+from testsupport.images import synthetic_faces
+from testsupport.learner import export_tiny_learner
+from testsupport.uploads import image_bytes, png_claiming, post
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def post(client, data: bytes | None, url: str = "/api/predict", name: str = "photo.jpg"):
-    form = {} if data is None else {"image": (io.BytesIO(data), name)}
-    return client.post(url, data=form, content_type="multipart/form-data")
 
 
 def assert_json_error(response, status: int, code: str) -> None:
@@ -118,19 +112,21 @@ def test_api_matches_the_learners_own_predict(app, client, face_jpeg):
     assert np.allclose(got, (as_is.numpy() + flipped.numpy()) / 2, atol=1e-4)
 
 
-def test_a_face_and_its_mirror_image_get_the_same_answer(app):
+def test_flip_averaging_is_the_mean_of_each_face_and_its_own_mirror(app):
     predictor = app.extensions["agegroup"].predictor
-    faces = [Image.effect_mandelbrot((120, 90), (-2, -1, 1, 1), 60).convert("RGB")]
-    mirror = [faces[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
-    assert np.allclose(
-        predict_flip_averaged(predictor, faces), predict_flip_averaged(predictor, mirror), atol=1e-6
-    )
+    faces = [Image.effect_mandelbrot((120, 90), (-2, -1, 1, 1), 60).convert("RGB"), photo()]
+    mirrors = [face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for face in faces]
+    as_is, flipped = predictor.predict(faces), predictor.predict(mirrors)
+    assert not np.allclose(as_is, flipped, atol=1e-3)  # the tiny network is not symmetric
+    averaged = predict_flip_averaged(predictor, faces)
+    assert averaged.shape == (2, 7)
+    assert np.allclose(averaged, (as_is + flipped) / 2, atol=1e-6)  # row by row, in order
     assert predict_flip_averaged(predictor, []).shape == (0, 7)
 
 
 def result_page(client, data: bytes, name: str = "photo.jpg"):
     """Post the form like a browser without scripts and follow the redirect to the result."""
-    response = post(client, data, url="/predict", name=name)
+    response = post(client, data, path="/predict", filename=name)
     assert response.status_code == 303, response.data[:300]
     location = response.headers["Location"]
     assert location.startswith("/result?r=")
@@ -319,12 +315,12 @@ def test_empty_file_is_400(client, face_jpeg):
     [b"hello, this is text", b"<html><body>not a photo</body></html>", b"%PDF-1.4\n%\xe2\xe3\n"],
 )
 def test_a_file_that_is_not_an_image_is_415_whatever_its_name(client, face_jpeg, payload):
-    assert_json_error(post(client, payload, name="photo.jpg"), 415, "unsupported_type")
+    assert_json_error(post(client, payload, filename="photo.jpg"), 415, "unsupported_type")
     assert_still_serving(client, face_jpeg)
 
 
 def test_html_errors_are_pages_with_the_message(client):
-    response = post(client, b"not an image", url="/predict")
+    response = post(client, b"not an image", path="/predict")
     html = response.get_data(as_text=True)
     assert response.status_code == 415
     assert "text/html" in response.headers["Content-Type"]
@@ -341,7 +337,7 @@ def test_truncated_jpeg_is_422(client, face_jpeg):
 def test_corrupt_png_is_422(client, face_jpeg):
     png = bytearray(image_bytes(photo(), "PNG"))
     png[60:200] = bytes(140)  # zero out the compressed pixel data
-    assert_json_error(post(client, bytes(png), name="a.png"), 422, "corrupt_image")
+    assert_json_error(post(client, bytes(png), filename="a.png"), 422, "corrupt_image")
     assert_still_serving(client, face_jpeg)
 
 
@@ -349,7 +345,7 @@ def test_upload_over_the_size_limit_is_413(client, face_jpeg):
     noise = np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)
     big = image_bytes(Image.fromarray(noise), "PNG")
     assert len(big) > 1024 * 1024  # the test app's limit is 1 MB
-    assert_json_error(post(client, big, name="big.png"), 413, "too_large")
+    assert_json_error(post(client, big, filename="big.png"), 413, "too_large")
     assert_still_serving(client, face_jpeg)
 
 
@@ -360,21 +356,12 @@ def test_the_size_limit_comes_from_the_environment(monkeypatch, settings):
     assert Settings.from_env().max_upload_bytes == 10 * 1024 * 1024
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
-    png = bytearray(image_bytes(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = bytes(png[12:16]) + struct.pack(">II", width, height) + bytes(png[24:29])
-    png[16:24] = struct.pack(">II", width, height)
-    png[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
-    return bytes(png)
-
-
 def test_decompression_bomb_is_refused_before_decoding(client, face_jpeg):
-    bomb = _png_claiming(100_000, 100_000)
+    bomb = png_claiming(100_000, 100_000)
     assert len(bomb) < 200
-    response = post(client, bomb, name="bomb.png")
-    assert response.status_code in (413, 422)
-    assert response.get_json()["error"]["code"] in ("too_large", "corrupt_image")
+    response = post(client, bomb, filename="bomb.png")
+    assert_json_error(response, 413, "too_large")
+    assert "too many pixels" in response.get_json()["error"]["message"]
     assert_still_serving(client, face_jpeg)
 
 
@@ -391,7 +378,7 @@ def test_unusual_pixel_modes_are_predicted(client, mode, fmt):
         image = base.convert("P", palette=Image.Palette.ADAPTIVE)
     else:
         image = base.convert(mode)
-    response = post(client, image_bytes(image, fmt), name=f"x.{fmt.lower()}")
+    response = post(client, image_bytes(image, fmt), filename=f"x.{fmt.lower()}")
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["image"] == {"width": 160, "height": 120}
 
@@ -401,8 +388,8 @@ def test_exif_orientation_is_applied_before_prediction(client):
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a phone sensor writes
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    rotated = post(client, image_bytes(stored, "PNG", exif=exif), name="phone.png").get_json()
-    plain = post(client, image_bytes(upright, "PNG"), name="upright.png").get_json()
+    rotated = post(client, image_bytes(stored, "PNG", exif=exif), filename="phone.png").get_json()
+    plain = post(client, image_bytes(upright, "PNG"), filename="upright.png").get_json()
     assert rotated["image"] == {"width": 120, "height": 180}
     assert np.allclose(
         list(rotated["faces"][0]["probabilities"].values()),
@@ -415,7 +402,7 @@ def test_a_very_large_photo_is_downscaled_and_predicted(settings, app):
     roomy = Settings(**{**settings.__dict__, "max_upload_mb": 10})
     client = create_app(roomy, predictor=app.extensions["agegroup"].predictor).test_client()
     large = photo((5000, 3800), seed=7)
-    response = post(client, image_bytes(large, quality=80), name="large.jpg")
+    response = post(client, image_bytes(large, quality=80), filename="large.jpg")
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["image"] == {"width": 5000, "height": 3800}
 
@@ -457,7 +444,7 @@ def test_without_a_model_the_server_starts_and_says_how_to_make_one(no_model_cli
     assert "No model is installed" in html and "agegroup.training.train" in html
     assert_json_error(post(no_model_client, face_jpeg), 503, "model_unavailable")
     assert_json_error(no_model_client.get("/healthz"), 503, "model_unavailable")
-    assert post(no_model_client, face_jpeg, url="/predict").status_code == 503
+    assert post(no_model_client, face_jpeg, path="/predict").status_code == 503
 
 
 def test_a_learner_with_other_classes_is_refused_at_startup(tmp_path: Path, face_jpeg):
@@ -474,3 +461,14 @@ def test_a_model_path_outside_the_model_folder_is_refused(tmp_path: Path, model_
     settings = Settings(model_path=model_dir / "export.pkl", model_dir=tmp_path)
     state = create_app(settings).extensions["agegroup"]
     assert state.predictor is None and "outside" in state.load_error
+
+
+def test_a_learner_without_a_version_is_refused_with_how_to_export_it(tmp_path: Path, model_dir):
+    from fastai.learner import load_learner
+
+    learn = load_learner(model_dir / "export.pkl", cpu=True)
+    del learn.agegroup_version
+    learn.export(tmp_path / "export.pkl")
+    state = create_app(Settings(model_path=tmp_path / "export.pkl", model_dir=tmp_path))
+    load_error = state.extensions["agegroup"].load_error
+    assert "carries no version" in load_error and "export_learner" in load_error

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image
 
 from agegroup.buckets import bucket_index
+from agegroup.config import UTKFACE_DIR
 from agegroup.preprocess import to_model_input
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "utkface"
+DEFAULT_DATA_DIR = UTKFACE_DIR
 TEST_FRACTION_PER_MILLE = 200
 GENDERS = ("male", "female")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
@@ -145,6 +146,21 @@ def list_samples(data_dir: Path = DEFAULT_DATA_DIR, dedupe_test: bool = True) ->
 
 def image_dir_of(data_dir: Path) -> Path:
     return data_dir / "UTKFace" if (data_dir / "UTKFace").is_dir() else data_dir
+
+
+def spread_test_crops(count: int, data_dir: Path = DEFAULT_DATA_DIR) -> list[Image.Image]:
+    """``count`` test-split crops spread evenly over the split (a fixed choice), as RGB.
+
+    Raises ``FileNotFoundError`` naming the folder when UTKFace is not there.
+    """
+    image_dir = image_dir_of(data_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"UTKFace is not at {data_dir} (need {image_dir}; set AGE_UTKFACE_DIR or --data)"
+        )
+    tests = [s for s in list_samples(data_dir) if s.is_test]
+    step = max(1, len(tests) // max(1, count))
+    return [Image.open(image_dir / s.name).convert("RGB") for s in tests[::step][:count]]
 
 
 def load_face(path: Path, size: int) -> np.ndarray:

@@ -29,11 +29,13 @@ from PIL import Image
 
 from agegroup.predictor import FastaiPredictor, predict_flip_averaged
 from agegroup.training.train import (
+    LearnerConfig,
     add_common_arguments,
     build_learner,
     export_learner,
     seed_everything,
     training_split,
+    write_args,
 )
 
 
@@ -82,17 +84,11 @@ def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.n
 def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
     seed_everything(args.seed)
     images, samples, valid_idx = training_split(args.data, args.size, args.cache)
-    learn = build_learner(
-        images,
-        [s.bucket for s in samples],
-        valid_idx,
-        args.size,
-        args.bs,
-        pretrained=not args.no_pretrained,
-        arch=mobilenet_v2,
-        min_zoom=args.min_zoom,
+    config = LearnerConfig(
+        args.size, args.bs, pretrained=not args.no_pretrained, min_zoom=args.min_zoom
     )
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+    learn = build_learner(images, [s.bucket for s in samples], valid_idx, config, mobilenet_v2)
+    write_args(args)
     learn.path = args.run_dir
     learn.model_dir = "."
     started = time.time()

@@ -22,6 +22,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agegroup.training import data as utk
 from agegroup.training.degrade import degrade
+from agegroup.training.distill import Distillation, load_teacher_targets
 
 SEED = 42
 
@@ -101,39 +103,6 @@ class Degrade(Transform):
         if random.random() >= self.p:
             return image
         return PILImage.create(np.asarray(degrade(image, random._inst)))  # type: ignore[attr-defined]
-
-
-class TeacherTargets:
-    """fastai getter for the soft targets: a cache row's teacher log-probabilities."""
-
-    def __init__(self, log_probs: np.ndarray) -> None:
-        self.log_probs = log_probs
-
-    def __call__(self, item: Any) -> torch.Tensor:
-        return torch.from_numpy(self.log_probs[int(item)])
-
-
-class DistillationLoss:
-    """Label-smoothed cross-entropy on the true group, mixed with the KL divergence to a
-    teacher's tempered probabilities (Hinton et al. 2015) when the batch carries them."""
-
-    def __init__(self, label_smoothing: float, weight: float, temperature: float) -> None:
-        self.hard = LabelSmoothingCrossEntropyFlat(eps=label_smoothing)
-        self.weight = weight
-        self.temperature = temperature
-
-    def __call__(
-        self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        hard = self.hard(pred, target)
-        if teacher is None or self.weight == 0:
-            return hard
-        t = self.temperature
-        soft_teacher = torch.softmax(teacher.float() / t, dim=1)
-        soft = torch.nn.functional.kl_div(
-            torch.log_softmax(pred.float() / t, dim=1), soft_teacher, reduction="batchmean"
-        )
-        return (1 - self.weight) * hard + self.weight * t * t * soft
 
 
 def bucket_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
@@ -246,59 +215,66 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How a learner is built: input size, classes, batch, loss and augmentation settings.
+
+    ``vocab`` is ``BUCKETS`` (the seven groups) or ``AGE_CLASSES`` (ages 0-100, trained with
+    ``AgeLoss``, whose group term ``group_weight`` weighs). ``min_zoom`` below 1 zooms out too:
+    the app's face crops come from detector boxes that vary by about 10% in size and position
+    around UTKFace's framing, so training sees faces slightly smaller and larger than UTKFace's
+    own crops. ``degrade_share`` of the training images are corrupted like real uploads.
+    ``weights`` is a local torchvision state_dict for the body; ``pretrained`` fastai's own
+    (downloaded) ImageNet weights.
+    """
+
+    size: int
+    batch_size: int = 64
+    vocab: tuple[str, ...] = BUCKETS
+    label_smoothing: float = 0.1
+    min_zoom: float = 0.9
+    degrade_share: float = 0.0
+    group_weight: float = 1.0
+    bf16: bool = True
+    pretrained: bool = False
+    weights: Path | None = None
+
+
 def build_learner(
     images: np.ndarray,
-    buckets: list[int],
+    labels: list[int],
     valid_idx: list[int],
-    size: int,
-    batch_size: int = 64,
-    weights: str | Path | None = None,
-    pretrained: bool = False,
-    label_smoothing: float = 0.1,
-    bf16: bool = True,
+    config: LearnerConfig,
     arch: Callable[..., Any] = resnet50,
-    min_zoom: float = 0.9,
-    teacher_log_probs: np.ndarray | None = None,
-    distill_weight: float = 0.5,
-    temperature: float = 2.0,
-    vocab: tuple[str, ...] = BUCKETS,
-    degrade_share: float = 0.0,
-    group_weight: float = 1.0,
+    teacher: Distillation | None = None,
 ) -> Learner:
     """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images.
 
-    ``buckets`` are each image's class index in ``vocab``: groups (``BUCKETS``) or ages
-    (``AGE_CLASSES``, trained with ``AgeLoss``).
-
-    With ``teacher_log_probs`` (one row per image) every batch also carries the teacher's
-    predictions, and the loss distils them (``DistillationLoss``). Export such a learner through
-    ``plain_copy`` so that the exported one predicts like any other.
-
-    The random zoom reaches below 1 (``min_zoom``) as well as above: the app's face crops come
-    from detector boxes that vary by about 10% in size and position around UTKFace's framing,
-    so training sees faces slightly smaller and larger than UTKFace's own crops.
+    ``labels`` are each image's class index in ``config.vocab``. With a ``teacher`` every batch
+    also carries the teacher's predictions and the loss distils them
+    (``agegroup.training.distill``); export such a learner through ``plain_copy`` so that the
+    exported one predicts like any other.
     """
-    ages = vocab == AGE_CLASSES
-    blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(vocab), sort=False)]
-    getters: list[Any] = [CachedImages(images), CachedLabels(buckets, vocab)]
-    if teacher_log_probs is not None:
+    ages = config.vocab == AGE_CLASSES
+    blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(config.vocab), sort=False)]
+    getters: list[Any] = [CachedImages(images), CachedLabels(labels, config.vocab)]
+    if teacher is not None:
         blocks.append(TransformBlock())
-        getters.append(TeacherTargets(teacher_log_probs.astype(np.float32)))
+        getters.append(teacher.getter())
+    resize = Resize(config.size, method=ResizeMethod.Squish)
     block = DataBlock(
         blocks=blocks,
         get_items=lambda n: list(range(n)),
         getters=getters,
         n_inp=1,
         splitter=IndexSplitter(valid_idx),
-        item_tfms=[Degrade(degrade_share), Resize(size, method=ResizeMethod.Squish)]
-        if degrade_share > 0
-        else Resize(size, method=ResizeMethod.Squish),
+        item_tfms=[Degrade(config.degrade_share), resize] if config.degrade_share > 0 else resize,
         batch_tfms=[
             *aug_transforms(
                 do_flip=True,
                 flip_vert=False,
                 max_rotate=10.0,
-                min_zoom=min_zoom,
+                min_zoom=config.min_zoom,
                 max_zoom=1.1,
                 max_lighting=0.3,
                 max_warp=0.0,
@@ -308,31 +284,30 @@ def build_learner(
             Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD),
         ],
     )
-    dls = block.dataloaders(len(images), bs=batch_size, num_workers=0, device="cpu")
+    dls = block.dataloaders(len(images), bs=config.batch_size, num_workers=0, device="cpu")
     if ages:
-        loss: Any = AgeLoss(group_weight, label_smoothing, distill_weight)
+        distill_weight = teacher.weight if teacher is not None else 0.0
+        loss: Any = AgeLoss(config.group_weight, config.label_smoothing, distill_weight)
         metrics: list[Any] = [group_accuracy, age_mae]
-    elif teacher_log_probs is not None:
-        loss, metrics = (
-            DistillationLoss(label_smoothing, distill_weight, temperature),
-            [bucket_accuracy],
-        )
+    elif teacher is not None:
+        loss, metrics = teacher.loss(config.label_smoothing), [bucket_accuracy]
     else:
-        loss, metrics = LabelSmoothingCrossEntropyFlat(eps=label_smoothing), [bucket_accuracy]
+        loss = LabelSmoothingCrossEntropyFlat(eps=config.label_smoothing)
+        metrics = [bucket_accuracy]
     learn = vision_learner(
         dls,
         arch,
-        pretrained=pretrained,
+        pretrained=config.pretrained,
         loss_func=loss,
         metrics=metrics,
-        cbs=[CpuBf16()] if bf16 else [],
+        cbs=[CpuBf16()] if config.bf16 else [],
     )
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+    if config.weights is not None:
+        state = torch.load(config.weights, map_location="cpu", weights_only=True)
         missing, unexpected = learn.model[0].load_state_dict(
             {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
         )
-        print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        print(f"loaded {config.weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
     return learn
 
 
@@ -368,39 +343,21 @@ def load_matching_weights(learn: Learner, exported: Path) -> None:
     print(f"initialised from {exported}: {len(kept)} of {len(target)} tensors")
 
 
-def load_teacher_targets(path: Path, names: list[str]) -> np.ndarray:
-    """The teacher's log-probabilities for ``names``, in that order (all must be present)."""
-    with np.load(path) as saved:
-        row_of = {str(n): i for i, n in enumerate(saved["names"])}
-        missing = [n for n in names if n not in row_of]
-        if missing:
-            raise ValueError(f"{path} has no teacher targets for {len(missing)} images")
-        return saved["log_probs"][[row_of[n] for n in names]]
-
-
 def plain_copy(
     learn: Learner,
     images: np.ndarray,
-    buckets: list[int],
+    labels: list[int],
     valid_idx: list[int],
-    size: int,
-    label_smoothing: float,
-    vocab: tuple[str, ...] = BUCKETS,
+    config: LearnerConfig,
     arch: Callable[..., Any] = resnet50,
 ) -> Learner:
-    """A standard learner holding ``learn``'s weights: plain cross-entropy over ``vocab``, no
+    """A standard learner holding ``learn``'s weights: plain cross-entropy over the vocab, no
     teacher targets, no corruption, so the exported file needs nothing of training to load."""
-    plain = build_learner(
-        images,
-        buckets,
-        valid_idx,
-        size,
-        label_smoothing=label_smoothing,
-        bf16=False,
-        vocab=vocab,
-        arch=arch,
+    plain_config = LearnerConfig(
+        config.size, vocab=config.vocab, label_smoothing=config.label_smoothing, bf16=False
     )
-    if vocab != BUCKETS:
+    plain = build_learner(images, labels, valid_idx, plain_config, arch=arch)
+    if config.vocab != BUCKETS:
         plain.loss_func = CrossEntropyLossFlat()
         plain.metrics = []
     plain.model.load_state_dict(learn.model.float().state_dict())
@@ -442,6 +399,16 @@ def add_common_arguments(
         "--min-zoom", type=float, default=0.9, help="below 1: zoom out too (serving-crop jitter)"
     )
     parser.add_argument("--seed", type=int, default=SEED)
+
+
+def write_args(args: argparse.Namespace) -> None:
+    """Record a run's arguments in ``args.run_dir/args.json``, so the run can be repeated."""
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / "args.json").write_text(
+        json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -508,34 +475,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train {len(images) - len(valid_idx)}  valid {len(valid_idx)}  size {args.size}")
     teacher = None
     if args.teacher is not None:
-        teacher = load_teacher_targets(args.teacher, [s.name for s in samples])
+        log_probs = load_teacher_targets(args.teacher, [s.name for s in samples])
+        teacher = Distillation(log_probs, args.distill_weight, args.temperature)
         print(f"distilling {args.teacher} (weight {args.distill_weight}, T={args.temperature})")
-    learn = build_learner(
-        images,
-        buckets,
-        valid_idx,
-        args.size,
-        args.bs,
-        weights=args.weights,
-        pretrained=args.pretrained,
-        label_smoothing=args.label_smoothing,
-        bf16=not args.no_bf16,
-        min_zoom=args.min_zoom,
-        teacher_log_probs=teacher,
-        distill_weight=args.distill_weight,
-        temperature=args.temperature,
+    config = LearnerConfig(
+        size=args.size,
+        batch_size=args.bs,
         vocab=vocab,
+        label_smoothing=args.label_smoothing,
+        min_zoom=args.min_zoom,
         degrade_share=args.degrade,
         group_weight=args.group_weight,
+        bf16=not args.no_bf16,
+        pretrained=args.pretrained,
+        weights=args.weights,
     )
+    learn = build_learner(images, buckets, valid_idx, config, teacher=teacher)
     if args.init is not None:
         load_matching_weights(learn, args.init)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    (args.run_dir / "args.json").write_text(
-        json.dumps(
-            {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, indent=2
-        )
-    )
+    write_args(args)
     learn.path = args.run_dir
     learn.model_dir = "."
     start_epoch = 0
@@ -561,9 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             learn.fit_one_cycle(1, lr, wd=args.wd, cbs=[logger, Checkpoint(state_file, epoch)])
     print(f"training took {time.time() - started:.0f} s")
     if teacher is not None or args.targets == "ages" or args.degrade > 0:
-        learn = plain_copy(
-            learn, images, buckets, valid_idx, args.size, args.label_smoothing, vocab
-        )
+        learn = plain_copy(learn, images, buckets, valid_idx, config)
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
 

@@ -1,6 +1,6 @@
 """Write the example photos the start page offers (static/examples/), from public-domain sources.
 
-    python scripts/make_examples.py
+    python -m tools.make_examples
 
 - grace-hopper.jpg: Grace Hopper's official U.S. Navy portrait (public domain, a work of the
   U.S. federal government), as matplotlib ships it in its sample data.
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "static" / "examples"
-sys.path.insert(0, str(ROOT))
 # (x, y, side, mirrored, grey): where each face goes on the 1200 x 800 group photo.
 GROUP = [(60, 420, 150, False, False), (300, 80, 120, True, True), (520, 380, 180, False, False),
          (800, 120, 100, True, False), (960, 450, 160, False, True)]  # fmt: skip
@@ -31,7 +29,7 @@ def grace() -> Image.Image:
         return image.convert("RGB")
 
 
-def background(width: int, height: int, seed: int) -> Image.Image:
+def soft_wall(width: int, height: int, seed: int) -> Image.Image:
     """A soft, muted wall: a stand-in for a room, with no face in it."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(150, 215, (height // 100, width // 100, 3), np.uint8)
@@ -53,7 +51,7 @@ def group(face_source: Image.Image) -> Image.Image:
 
     [box] = get_detector().detect(face_source)
     face = crop_face(face_source, box)
-    photo = background(1200, 800, seed=2)
+    photo = soft_wall(1200, 800, seed=2)
     for x, y, side, mirrored, grey in GROUP:
         one = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else face
         if grey:

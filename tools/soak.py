@@ -2,26 +2,21 @@
 
 One command (a tiny learner is exported when no model is given or installed):
 
-    .venv/bin/python scripts/soak.py --requests 1000 --clients 4 [--model model/export.pkl]
+    .venv/bin/python -m tools.soak --requests 1000 --clients 4 [--model model/export.pkl]
 
 It checks what a public upload form needs: no 5xx, no dropped connection, every valid photo
 answered with the same probabilities as when sent alone (no cross-talk between concurrent
 requests), and worker memory flat after warm-up. Prints a JSON report (``--out`` saves it);
-the exit status is 1 when a check fails. tests/test_soak.py runs a short form in CI.
+the exit status is 1 when a check fails. tests/test_soak.py runs a short form in CI. The
+server is started by ``testsupport.server``'s launcher.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
-import os
 import random
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,150 +25,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from agegroup.bench import children_by_parent, memory_mb  # noqa: E402
-from agegroup.config import Settings  # noqa: E402
-
-BOUNDARY = "soak-boundary-5b2d9"
-UTKFACE_DIRS = [
-    PROJECT_ROOT.parent / "shared" / "data" / "utkface" / "UTKFace",
-    Path("/work/shared/data/utkface/UTKFace"),
-]
-
-
-# --- the deployed configuration ---------------------------------------------------------------
-def render_env(path: Path = PROJECT_ROOT / "render.yaml") -> dict[str, str]:
-    """render.yaml's envVars (``- key: NAME`` / ``value: ...`` pairs), without PYTHON_VERSION."""
-    env: dict[str, str] = {}
-    key = None
-    for line in path.read_text().splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if match := re.match(r"-\s*key:\s*(\S+)", line):
-            key = match.group(1)
-        elif (match := re.match(r"value:\s*(.+)", line)) and key:
-            env[key] = match.group(1).strip().strip("\"'")
-            key = None
-    env.pop("PYTHON_VERSION", None)
-    return env
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    """The server's settings under ``env``, read the way the app reads them."""
-    from unittest import mock
-
-    with mock.patch.dict(os.environ, env):
-        return Settings.from_env()
-
-
-# --- the server ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class GunicornServer:
-    """The app under gunicorn.conf.py on a loopback port, as in production."""
-
-    def __init__(self, model_path: Path, log_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "AGE_MODEL_PATH": str(model_path),
-            "AGE_MODEL_DIR": str(model_path.parent),
-            "PORT": str(self.port),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait_s: float = 180.0) -> GunicornServer:
-        command = [sys.executable, "-m", "gunicorn", "app:app", "--config", "gunicorn.conf.py"]
-        command += ["--bind", f"127.0.0.1:{self.port}"]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.wait_until_serving(wait_s)
-        return self
-
-    def wait_until_serving(self, wait_s: float) -> int:
-        """Wait until /healthz answers (200 or 503); returns its status."""
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early; see {self.log_path}")
-            try:
-                status, _, _ = self.request("GET", "/healthz", timeout=5)
-                return status
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"gunicorn did not answer within {wait_s:.0f} s; see {self.log_path}")
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float = 60
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"} if body else {}
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def worker_pids(self) -> list[int]:
-        """The worker processes: children of the gunicorn master."""
-        assert self.process is not None
-        return sorted(children_by_parent().get(self.process.pid, []))
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def __enter__(self) -> GunicornServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process, from /proc (no extra package needed)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from agegroup.config import UTKFACE_DIR, Settings
+from agegroup.training.data import image_dir_of
+from testsupport.memory import memory_mb, rss_mb
+from testsupport.server import GunicornServer, render_env
+from testsupport.uploads import image_bytes, image_form, png_claiming
 
 
 # --- what the clients send ---------------------------------------------------------------------
-def multipart(data: bytes, filename: str = "photo.jpg") -> bytes:
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; '
-        f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
-    ).encode()
-    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 def valid_photos(count: int, seed: int = 0) -> list[bytes]:
     """UTKFace photos when the data set is beside the clone, else synthetic faces."""
-    for folder in UTKFACE_DIRS:
-        if folder.is_dir():
-            names = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[:5000]
-            chosen = random.Random(seed).sample(names, min(count, len(names)))
-            return [p.read_bytes() for p in chosen]
+    folder = image_dir_of(UTKFACE_DIR)
+    if folder.is_dir():
+        names = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[:5000]
+        chosen = random.Random(seed).sample(names, min(count, len(names)))
+        return [p.read_bytes() for p in chosen]
     import numpy as np
     from PIL import Image
 
@@ -182,34 +48,18 @@ def valid_photos(count: int, seed: int = 0) -> list[bytes]:
     for i in range(count):
         pixels = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
         pixels[40:120, 40:120] = (i * 53) % 256
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
-        photos.append(buffer.getvalue())
+        photos.append(image_bytes(Image.fromarray(pixels), "JPEG", quality=85))
     return photos
 
 
 def bad_files(photos: list[bytes], seed: int = 0) -> list[tuple[bytes, set[int]]]:
     """Broken and hostile uploads with the statuses each may get."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    bomb = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\0" * 256))
-        + chunk(b"IEND", b"")
-    )
     fixed = [
         (b"", {400}),
         (b"<!doctype html><script>alert(1)</script>", {415}),
         (b"%PDF-1.4\n%%EOF\n", {415}),
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", {415}),
-        (bomb, {413}),
+        (png_claiming(100_000, 100_000), {413}),
     ]
     rng = random.Random(seed)
     mutated = []
@@ -252,7 +102,7 @@ def run_soak(
     # What each photo gets when it is the only request in flight.
     alone = []
     for photo in photos:
-        status, _, body = server.request("POST", "/api/predict", multipart(photo))
+        status, _, body = server.request("POST", "/api/predict", image_form(photo))
         if status != 200:
             raise RuntimeError(f"a valid photo got {status} when sent alone: {body[:200]!r}")
         alone.append(probabilities(body))
@@ -275,15 +125,9 @@ def run_soak(
             kind, which = plan[n]
             data = photos[which] if kind == "photo" else bad[which][0]
             try:
-                conn.request(
-                    "POST",
-                    "/api/predict",
-                    body=multipart(data),
-                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                status, _, body = server.request(
+                    "POST", "/api/predict", image_form(data), conn=conn
                 )
-                response = conn.getresponse()
-                body = response.read()
-                status = response.status
             except (OSError, http.client.HTTPException) as exc:
                 with tally.lock:
                     tally.dropped += 1
@@ -374,18 +218,6 @@ def failures(report: dict, max_growth_mb: float = 25.0) -> list[str]:
     return problems
 
 
-# The tiny learner's pickle names its architecture function in tests/conftest.py.
-TINY_MODEL_PATH = str(PROJECT_ROOT / "tests")
-
-
-def tiny_model(folder: Path) -> Path:
-    """Export the test suite's tiny learner (seconds) when no trained model is at hand."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    from conftest import export_tiny_learner
-
-    return export_tiny_learner(folder / "export.pkl")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -402,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
-        model = args.model or PROJECT_ROOT / "model" / "export.pkl"
+        model = args.model or Settings().model_path
         if args.tiny:
             model = Path(scratch) / "missing.pkl"
         env = {"GUNICORN_THREADS": str(args.threads), "WEB_CONCURRENCY": "1"}
@@ -410,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             env = render_env()
         if not model.is_file():
             print(f"{model} not found: exporting the tiny test learner", file=sys.stderr)
-            model = tiny_model(Path(scratch))
-            env["PYTHONPATH"] = TINY_MODEL_PATH
+            from testsupport.learner import export_tiny_learner
+
+            model = export_tiny_learner(Path(scratch) / "export.pkl")
             label = "tiny test learner"
         else:
             label = str(model)
@@ -419,16 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         with GunicornServer(model.resolve(), log, env) as server:
             report = run_soak(server, args.requests, args.clients, args.photos)
         report["model"] = label
-        report["server_log_errors"] = server_log_errors(log)
+        report["server_log_errors"] = server.log_errors()
     return finish_report(report, failures(report, args.max_growth_mb), args.out)
-
-
-def server_log_errors(log: Path) -> list[str]:
-    """The first 20 lines of the server's log that show an error or a traceback."""
-    lines = log.read_text(errors="replace").splitlines()
-    return [
-        line for line in lines if "Traceback" in line or "ERROR" in line or "[CRITICAL]" in line
-    ][:20]
 
 
 def finish_report(report: dict, problems: list[str], out: Path | None) -> int:

@@ -1,12 +1,13 @@
 """Benchmark the server the way it is deployed: memory, cold start, latency, throughput.
 
-    python -m agegroup.bench                       # the lean (ONNX) runtime on model/export.onnx
-    python -m agegroup.bench --runtime fastai      # the reference runtime, for comparison
+    python -m tools.bench                       # the lean (ONNX) runtime on model/export.onnx
+    python -m tools.bench --runtime fastai      # the reference runtime, for comparison
 
-Starts gunicorn with the ``Procfile``'s own command on a loopback port, posts composed ~1 MP
-photos (UTKFace test-split crops pasted on a background) to ``/api/predict``, prints a table
-and writes it as JSON (``bench/results/latest.json``). Not a unit test: its numbers depend on
-the machine and on whatever else runs on it (the load average is recorded with them).
+Starts gunicorn with the ``Procfile``'s own command on a loopback port
+(``testsupport.server``), posts composed ~1 MP photos (UTKFace test-split crops pasted on a
+background) to ``/api/predict``, prints a table and writes it as JSON
+(``bench/results/latest.json``). Not a unit test: its numbers depend on the machine and on
+whatever else runs on it (the load average is recorded with them).
 """
 
 from __future__ import annotations
@@ -16,16 +17,11 @@ import http.client
 import json
 import os
 import platform
-import shlex
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,29 +32,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.config import PROJECT_ROOT, UTKFACE_DIR, Settings
+from agegroup.training.data import spread_test_crops
+from testsupport.memory import memory_mb
+from testsupport.server import GunicornServer
+from testsupport.uploads import image_form
 
 PHOTO_SIZE = (1280, 800)  # 1.02 megapixels
 DEFAULT_OUT = PROJECT_ROOT / "bench" / "results" / "latest.json"
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "utkface"
 
 
 # --- photos ---------------------------------------------------------------------------------
 
 
-def test_crops(data_dir: Path, count: int) -> list[Image.Image]:
-    """``count`` UTKFace test-split crops, evenly spread over the split (a fixed choice)."""
-    from agegroup.training import data as utk
-
-    image_dir = utk.image_dir_of(data_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"UTKFace is not at {data_dir} (need {image_dir})")
-    tests = [s for s in utk.list_samples(data_dir) if s.is_test]
-    step = max(1, len(tests) // count)
-    return [Image.open(image_dir / s.name).convert("RGB") for s in tests[::step][:count]]
-
-
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+def gradient_backdrop(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """A smooth two-colour gradient with a little noise, so the JPEG is photo-sized."""
     width, height = size
     top, bottom = rng.integers(40, 220, size=(2, 3))
@@ -71,7 +58,7 @@ def compose_photo(
     faces: Sequence[Image.Image], rng: np.random.Generator, size: tuple[int, int] = PHOTO_SIZE
 ) -> bytes:
     """Paste ``faces`` side by side (random sizes and offsets) on a background; JPEG bytes."""
-    photo = _background(rng, size)
+    photo = gradient_backdrop(rng, size)
     slot = size[0] // max(1, len(faces))
     for index, face in enumerate(faces):
         side = int(min(slot * 0.9, size[1] * 0.45) * rng.uniform(0.8, 1.0))
@@ -94,169 +81,7 @@ def photo_sets(crops: Sequence[Image.Image], variants: int, seed: int = 0) -> di
     return {"one": one, "five": five}
 
 
-# --- the server -----------------------------------------------------------------------------
-
-
-def procfile_command(port: int, procfile: Path = PROJECT_ROOT / "Procfile") -> list[str]:
-    """The Procfile's ``web`` command, bound to ``127.0.0.1:port`` instead of ``0.0.0.0``."""
-    for line in procfile.read_text().splitlines():
-        if line.startswith("web:"):
-            words = shlex.split(line.removeprefix("web:"))
-            break
-    else:
-        raise ValueError(f"{procfile} has no web: line")
-    words = [w.replace("0.0.0.0", "127.0.0.1").replace("$PORT", str(port)) for w in words]
-    local = Path(sys.executable).parent / words[0]
-    if local.exists():
-        words[0] = str(local)
-    elif shutil.which(words[0]) is None:
-        raise FileNotFoundError(f"{words[0]} is not installed")
-    return words
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM and VmRSS of a process, in kB (0 if it is gone)."""
-    values = {"VmHWM": 0, "VmRSS": 0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in values:
-                values[key] = int(rest.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return values
-
-
-def children_by_parent() -> dict[int, list[int]]:
-    """Every running process id, grouped by its parent's id (from ``/proc/*/stat``)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (gunicorn's master and workers)."""
-    children = children_by_parent()
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def memory_mb(root: int) -> dict[str, Any]:
-    """Sum of VmHWM (peak) and VmRSS (now) over the server's processes, in MB."""
-    per = {pid: proc_status(pid) for pid in process_tree(root)}
-    return {
-        "processes": len(per),
-        "peak_mb": round(sum(s["VmHWM"] for s in per.values()) / 1024, 1),
-        "rss_mb": round(sum(s["VmRSS"] for s in per.values()) / 1024, 1),
-        "per_process_peak_mb": [round(s["VmHWM"] / 1024, 1) for s in per.values()],
-    }
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-    cold_start_s: float
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def start_server(env: dict[str, str], extra_args: Sequence[str], timeout: float) -> Server:
-    """Start gunicorn and wait until ``/healthz`` answers 200; raises with its log if not."""
-    port = free_port()
-    command = procfile_command(port) + list(extra_args)
-    log_path = Path(tempfile.mkstemp(prefix="agegroup-bench-", suffix=".log")[1])
-    started = time.perf_counter()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **env, "PORT": str(port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log_path, 0.0)
-    while time.perf_counter() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            status, _ = request(port, "GET", "/healthz")
-        except OSError:
-            status = 0
-        if status == 200:
-            server.cold_start_s = time.perf_counter() - started
-            return server
-        if status == 503:
-            server.stop()
-            raise RuntimeError(f"the server has no model:\n{server.log_tail()}")
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"no answer from /healthz within {timeout:.0f} s:\n{server.log_tail()}")
-
-
-# --- HTTP -----------------------------------------------------------------------------------
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    conn: http.client.HTTPConnection | None = None,
-) -> tuple[int, bytes]:
-    own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        if own:
-            conn.close()
-
-
-def multipart(photo: bytes) -> tuple[bytes, dict[str, str]]:
-    """A form with the photo in the field ``image``, as a browser sends it."""
-    boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    )
-    body = head.encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+# --- the clients -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -268,11 +93,12 @@ class Tally:
     faces: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def post(self, port: int, photo: bytes, conn: http.client.HTTPConnection) -> float:
-        body, headers = multipart(photo)
+    def post(self, server: GunicornServer, photo: bytes, conn: http.client.HTTPConnection) -> float:
         started = time.perf_counter()
         try:
-            status, payload = request(port, "POST", "/api/predict", body, headers, conn)
+            status, _, payload = server.request(
+                "POST", "/api/predict", image_form(photo), timeout=120, conn=conn
+            )
             faces = len(json.loads(payload).get("faces", [])) if status == 200 else -1
         except (OSError, http.client.HTTPException, ValueError):
             status, faces = 0, -1
@@ -292,9 +118,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def latency(port: int, photos: Sequence[bytes], count: int, tally: Tally) -> dict[str, float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    times = [tally.post(port, photos[i % len(photos)], conn) * 1000 for i in range(count)]
+def connect(server: GunicornServer) -> http.client.HTTPConnection:
+    """A keep-alive connection to ``server``."""
+    return http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+
+
+def latency(
+    server: GunicornServer, photos: Sequence[bytes], count: int, tally: Tally
+) -> dict[str, float]:
+    conn = connect(server)
+    times = [tally.post(server, photos[i % len(photos)], conn) * 1000 for i in range(count)]
     conn.close()
     return {
         "requests": count,
@@ -316,7 +149,7 @@ def run_clients(client: Callable[[int], None], count: int) -> float:
 
 
 def throughput(
-    port: int, photos: Sequence[bytes], clients: int, total: int, tally: Tally
+    server: GunicornServer, photos: Sequence[bytes], clients: int, total: int, tally: Tally
 ) -> dict[str, float]:
     """``total`` requests shared by ``clients`` threads, each on its own keep-alive connection."""
     next_index = iter(range(total))
@@ -324,13 +157,13 @@ def throughput(
     times: list[float] = []
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = connect(server)
         while True:
             with lock:
                 index = next(next_index, None)
             if index is None:
                 break
-            elapsed = tally.post(port, photos[index % len(photos)], conn)
+            elapsed = tally.post(server, photos[index % len(photos)], conn)
             with lock:
                 times.append(elapsed * 1000)
         conn.close()
@@ -349,7 +182,7 @@ def throughput(
 
 def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -> dict[str, float]:
     """Median time of ``predictor.predict`` (preprocessing + network) for 1 and 5 faces."""
-    from agegroup import load_predictor
+    from agegroup.factory import load_predictor
 
     predictor = load_predictor(settings)
 
@@ -402,12 +235,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     served = model.with_suffix(".onnx") if args.runtime == "onnx" else model.with_suffix(".pkl")
     if not served.is_file():
         raise FileNotFoundError(f"{served} does not exist (see README: model files)")
-    crops = test_crops(args.data, 40)
+    crops = spread_test_crops(40, args.data)
     photos = photo_sets(crops, variants=args.variants)
     env = {
         "AGE_RUNTIME": args.runtime,
-        "AGE_MODEL_PATH": str(model.with_suffix(".pkl")),
-        "AGE_MODEL_DIR": str(model.parent),
         "AGE_TORCH_THREADS": str(args.model_threads),
         "WEB_CONCURRENCY": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
@@ -427,28 +258,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     tally = Tally()
-    server = start_server(env, ["--preload"] if args.preload else [], args.start_timeout)
+    log_path = Path(tempfile.mkstemp(prefix="agegroup-bench-", suffix=".log")[1])
+    extra = ["--preload"] if args.preload else []
+    server = GunicornServer(model.with_suffix(".pkl"), log_path, env, extra)
     try:
-        port = server.port
+        server.start(args.start_timeout)
+        if server.request("GET", "/healthz")[0] != 200:
+            raise RuntimeError(f"the server has no model:\n{server.log_tail()}")
         result["cold_start_s"] = round(server.cold_start_s, 2)
         result["memory_after_start"] = memory_mb(server.process.pid)
         for photo in (photos["one"][0], photos["five"][0]):  # first requests warm the caches
-            tally.post(port, photo, http.client.HTTPConnection("127.0.0.1", port, timeout=120))
-        result["latency_one_face"] = latency(port, photos["one"], args.requests, tally)
-        result["latency_five_faces"] = latency(port, photos["five"], args.requests, tally)
+            tally.post(server, photo, connect(server))
+        result["latency_one_face"] = latency(server, photos["one"], args.requests, tally)
+        result["latency_five_faces"] = latency(server, photos["five"], args.requests, tally)
         result["memory_mid"] = {**memory_mb(server.process.pid), "predictions": tally.count}
         mixed = [p for pair in zip(photos["one"], photos["five"]) for p in pair]
         result["throughput"] = [
-            throughput(port, mixed, clients, args.throughput_requests, tally)
+            throughput(server, mixed, clients, args.throughput_requests, tally)
             for clients in (1, 2, 4)
         ]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = connect(server)
         while tally.count < args.total:
-            tally.post(port, mixed[tally.count % len(mixed)], conn)
+            tally.post(server, mixed[tally.count % len(mixed)], conn)
         result["memory_after"] = {**memory_mb(server.process.pid), "predictions": tally.count}
     finally:
         server.stop()
-        server.log_path.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
     result["errors"] = tally.errors
     result["predictions"] = tally.count
     result["faces_per_photo_seen"] = round(statistics.fmean(tally.faces), 2) if tally.faces else 0
@@ -511,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         type=Path,
-        default=PROJECT_ROOT / "model" / "export.pkl",
+        default=Settings().model_path,
         help="the learner; the onnx runtime serves the .onnx beside it",
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UTKFace folder")
+    parser.add_argument("--data", type=Path, default=UTKFACE_DIR, help="UTKFace folder")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", 4)))
     parser.add_argument("--model-threads", type=int, default=1, help="0: the runtime decides")
@@ -529,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(args)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     print(table(result))

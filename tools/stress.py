@@ -2,10 +2,10 @@
 
 One command (measure with the training paused, as for any RSS or latency number):
 
-    /work/tools/quiet .venv/bin/python scripts/stress.py [--clients 1 4 16] [--rounds 3]
+    /work/tools/quiet .venv/bin/python -m tools.stress [--clients 1 4 16] [--rounds 3]
 
 The server starts exactly as on Render: render.yaml's startCommand (the Procfile's, through
-``scripts/soak.py``'s launcher) with render.yaml's environment (AGE_RUNTIME=onnx, one worker,
+``testsupport.server``'s launcher) with render.yaml's environment (AGE_RUNTIME=onnx, one worker,
 its thread count, MALLOC_ARENA_MAX=2) and the shipped model. Run it with the Python of a venv
 made from requirements-render.txt to measure what Render runs.
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import math
+import os
 import random
 import struct
 import sys
@@ -39,24 +39,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-
-from soak import (  # noqa: E402
-    GunicornServer,
-    finish_report,
-    multipart,
-    probabilities,
-    render_env,
-    server_log_errors,
-    settings_for,
-    valid_photos,
-)
-
-from agegroup.bench import percentile, proc_status, process_tree, run_clients  # noqa: E402
-from agegroup.config import Settings  # noqa: E402
-from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost  # noqa: E402
+from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost
+from testsupport.memory import memory_mb, proc_status, reset_peaks
+from testsupport.server import GunicornServer, render_env, settings_for
+from testsupport.uploads import image_bytes, image_form
+from tools.bench import percentile, run_clients
+from tools.soak import finish_report, probabilities, valid_photos
 
 
 # --- the worst files, made with fixed patterns ------------------------------------------------
@@ -71,12 +60,6 @@ def _vips_stripes(width: int, height: int, bands: int, period: int = 14):  # typ
     grey = ((pyvips.Image.xyz(width, height)[0] % period) < period // 2).ifthenelse(255, 0)
     grey = grey.cast("uchar")
     return grey.bandjoin([grey] * (bands - 1)) if bands > 1 else grey
-
-
-def _save(image: Image.Image, fmt: str, **args: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **args)
-    return out.getvalue()
 
 
 def png_rgba(side: int) -> bytes:
@@ -94,7 +77,7 @@ def webp_lossless(side: int) -> bytes:
 
 
 def gif(side: int) -> bytes:
-    return _save(_stripes(side, side).convert("P"), "GIF")
+    return image_bytes(_stripes(side, side).convert("P"), "GIF")
 
 
 def bmp_rle8(side: int) -> bytes:
@@ -126,7 +109,7 @@ def noise_jpeg(max_bytes: int, seed: int = 0) -> bytes:
     side, best = 2000, b""
     for _ in range(6):
         pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-        data = _save(Image.fromarray(pixels), "JPEG", quality=85)
+        data = image_bytes(Image.fromarray(pixels), "JPEG", quality=85)
         if len(best) < len(data) <= max_bytes:
             best = data
         if 0.95 * max_bytes <= len(best):
@@ -192,13 +175,6 @@ def worst_files(settings: Settings, seed: int = 0) -> list[tuple[str, bytes, set
 
 
 # --- what one decode costs, in a fresh process ------------------------------------------------
-def _kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-
-
 def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[str, list[int]]:
     """``{kind: [peak RSS growth, estimate]}`` in bytes, decoding each kind in turn here."""
     from agegroup import images
@@ -211,10 +187,10 @@ def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[s
         data = WORST[name](side)
         estimate = _cost(data, settings).bytes
         images.release_memory()
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
-        before = _kb("VmRSS")
+        reset_peaks(os.getpid())  # VmHWM starts again from VmRSS
+        before = proc_status(os.getpid())["VmRSS"]
         images.decode_upload(data, 10**9, work_size)
-        out[name] = [(_kb("VmHWM") - before) * 1024, estimate]
+        out[name] = [(proc_status(os.getpid())["VmHWM"] - before) * 1024, estimate]
     return out
 
 
@@ -222,32 +198,25 @@ def decode_peaks(decoder: str, sides: dict[str, int], work_size: int = 1600) -> 
     """Peak memory of decoding each worst kind (``pillow`` or ``vips``), in a fresh process."""
     import subprocess
 
-    command = [sys.executable, __file__, "--measure-decode", decoder, json.dumps(sides)]
+    command = [sys.executable, "-m", "tools.stress", "--measure-decode", decoder, json.dumps(sides)]
     command += ["--work-size", str(work_size)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=600
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
 # --- measuring ---------------------------------------------------------------------------------
-def reset_peaks(root: int) -> None:
-    """Start VmHWM again from the current RSS (Linux: ``echo 5 > /proc/PID/clear_refs``)."""
-    for pid in process_tree(root):
-        try:
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
 def server_mb(root: int) -> tuple[float, float]:
     """(RSS, peak RSS since the last reset) summed over the server's processes, in MB."""
-    status = [proc_status(pid) for pid in process_tree(root)]
-    return sum(s["VmRSS"] for s in status) / 1024, sum(s["VmHWM"] for s in status) / 1024
+    memory = memory_mb(root)
+    return memory["rss_mb"], memory["peak_mb"]
 
 
-def post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
+def timed_post(server: GunicornServer, data: bytes) -> tuple[int, dict[str, str], bytes, float]:
     """One upload on its own connection: status, headers, body and seconds taken."""
     started = time.perf_counter()
-    status, headers, body = server.request("POST", "/api/predict", multipart(data), timeout=120)
+    status, headers, body = server.request("POST", "/api/predict", image_form(data), timeout=120)
     return status, headers, body, time.perf_counter() - started
 
 
@@ -280,7 +249,7 @@ def burst(
             which = rng.randrange(len(photos))
             for kind, body in (("worst", data), ("photo", photos[which])):
                 try:
-                    status, headers, answer, seconds = post(server, body)
+                    status, headers, answer, seconds = timed_post(server, body)
                 except (OSError, http.client.HTTPException) as exc:
                     with lock:
                         dropped[0] += 1
@@ -359,7 +328,7 @@ def run_stress(
     photos = valid_photos(photo_count, seed)
     alone = []
     for photo in photos:
-        status, _, body, _ = post(server, photo)
+        status, _, body, _ = timed_post(server, photo)
         if status != 200:
             raise RuntimeError(f"a normal photo got {status} when sent alone")
         alone.append(probabilities(body))
@@ -406,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="each worst file per client")
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.pkl")
+    parser.add_argument("--model", type=Path, default=Settings().model_path)
     parser.add_argument("--max-peak-mb", type=float, default=450)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument(
@@ -438,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(scratch) / "gunicorn.log"
         with GunicornServer(args.model.resolve(), log, env) as server:
             report = run_stress(server, settings, args.clients, args.rounds, args.photos, args.seed)
-        report["server_log_errors"] = server_log_errors(log)
+            report["server_log_errors"] = server.log_errors()
     report["python"] = sys.executable
     report["render_env"] = env
     return finish_report(report, failures(report, args.max_peak_mb), args.out)

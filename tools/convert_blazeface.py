@@ -11,7 +11,7 @@ Run it where the converters are installed, not on the server (they are not requi
 
     python -m venv /tmp/conv && /tmp/conv/bin/pip install tflite2onnx ai-edge-litert onnxruntime
     (cd /tmp && npm pack @mediapipe/face_detection@0.4.1657300184 && tar xzf mediapipe-*.tgz)
-    /tmp/conv/bin/python scripts/convert_blazeface.py /tmp/package --out model/blazeface
+    /tmp/conv/bin/python -m tools.convert_blazeface /tmp/package --out model/blazeface
 """
 
 from __future__ import annotations

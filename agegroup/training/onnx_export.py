@@ -1,22 +1,17 @@
-"""The lean twin of the exported learner: the same network as ONNX, run by onnxruntime.
+"""Write the ONNX twin of an exported learner and check it against the learner.
 
-A torch + fastai server with a ResNet50 needs well over 512 MB; onnxruntime runs the same
-network in a fraction of that. Serving (``OnnxPredictor``) imports neither torch nor fastai;
-only ``export_onnx`` (run once, where the learner was trained) does.
-
-    python -m agegroup.lean model/export.pkl          # writes and verifies model/export.onnx
+    python -m agegroup.training.onnx_export model/export.pkl   # writes and verifies export.onnx
 
 The ONNX file stores every weight that is exactly representable in float16 (all of them for a
 learner exported in half precision) as float16 followed by a ``Cast`` to float32: the file is
 half the size, and onnxruntime folds the casts away at load time, so inference runs in float32
-on bit-identical weights.
+on bit-identical weights. Needs torch, fastai and onnx; the server never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,105 +21,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agegroup.calibration import load_calibration
-from agegroup.errors import ModelUnavailable
-from agegroup.predictor import (
-    ModelInfo,
-    check_model_path,
-    check_vocab,
-    file_sha256,
-    probabilities_of,
-)
+from agegroup.onnx_runtime import INPUT_NAME, OUTPUT_NAME, OnnxPredictor
+from agegroup.predictor import file_sha256
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-
-log = logging.getLogger(__name__)
+from agegroup.training.data import DEFAULT_DATA_DIR, spread_test_crops
 
 OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
 # Tolerance on probabilities between the twin and the learner (the issue's accuracy target).
 TOLERANCE = 1e-4
-
-_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 1, 3)
-_STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 1, 3)
-
-
-def to_batch(faces: Sequence[Image.Image], size: int) -> np.ndarray:
-    """Faces -> the normalised float32 NCHW batch fastai builds (ToTensor, /255, Normalize)."""
-    pixels = np.stack([np.asarray(to_model_input(face, size), dtype=np.uint8) for face in faces])
-    batch = (pixels.astype(np.float32) / np.float32(255.0) - _MEAN) / _STD
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
-class OnnxPredictor:
-    """``export.onnx`` run by onnxruntime on the CPU; same interface as ``FastaiPredictor``."""
-
-    def __init__(
-        self, path: Path, model_dir: Path, threads: int = 0, calibrated: bool = True
-    ) -> None:
-        resolved = check_model_path(path, model_dir)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(0, threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning pool threads would burn a shared host's small CPU share between requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The arena keeps the largest batch's buffers forever; without it memory stays flat.
-        options.enable_cpu_mem_arena = False
-        # "Extended" rather than "all": the NCHWc layout pass of "all" keeps a second copy of
-        # the ResNet50 weights (+45 MB peak) to save ~5 ms per face; memory is the scarce part.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        try:
-            session = ort.InferenceSession(
-                str(resolved), options, providers=["CPUExecutionProvider"]
-            )
-            meta = dict(session.get_modelmeta().custom_metadata_map)
-            vocab = json.loads(meta["vocab"])
-            input_size = int(meta["input_size"])
-        except Exception as exc:
-            log.error("loading %s failed: %r", path, exc)
-            raise ModelUnavailable(
-                f"The model file {path.name} could not be loaded (see the server log)."
-            ) from exc
-        classes = check_vocab(vocab)
-        _check_source(resolved, meta)
-        self._session = session
-        # The learner the twin was made from (its sha256 is in the twin's metadata).
-        self.calibration = (
-            load_calibration(resolved, lambda: meta.get("source_sha256", ""), len(classes))
-            if calibrated
-            else None
-        )
-        self.info = ModelInfo(
-            name=meta.get("agegroup_name", resolved.stem),
-            version=meta.get("agegroup_version", "unknown"),
-            input_size=input_size,
-            classes=classes,
-        )
-
-    def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
-        """Preprocess like the learner, run the network, softmax in float64."""
-        if not faces:
-            return np.zeros((0, len(self.info.classes)), dtype=np.float64)
-        batch = to_batch(faces, self.info.input_size)
-        (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return probabilities_of(np.asarray(logits, dtype=np.float64), self.calibration)
-
-
-def _check_source(onnx_path: Path, meta: dict[str, str]) -> None:
-    """Refuse a twin made from another ``export.pkl`` than the one beside it (a stale file)."""
-    source = onnx_path.with_suffix(".pkl")
-    expected = meta.get("source_sha256")
-    if expected and source.is_file() and file_sha256(source) != expected:
-        raise ModelUnavailable(
-            f"{onnx_path.name} was not made from the {source.name} beside it; run "
-            f"`python -m agegroup.lean {source}` to rebuild it."
-        )
-
-
-# --- export (needs torch and fastai; never imported by the server) -------------------------
 
 
 def _store_half(model: Any) -> int:
@@ -241,28 +145,12 @@ def compare(
     }
 
 
-def check_faces(count: int, data_dir: Path | None = None) -> list[Image.Image]:
-    """``count`` UTKFace test-split crops (fixed choice); random pictures if the data is absent."""
-    from agegroup.training import data as utk
-
-    folder = data_dir or utk.DEFAULT_DATA_DIR
-    if utk.image_dir_of(folder).is_dir():
-        tests = [s for s in utk.list_samples(folder) if s.is_test]
-        step = max(1, len(tests) // max(1, count))
-        chosen = tests[::step][:count]
-        return [Image.open(utk.image_dir_of(folder) / s.name).convert("RGB") for s in chosen]
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)) for _ in range(count)
-    ]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the ONNX twin of an exported learner.")
     parser.add_argument("pkl", type=Path, help="the learner, e.g. model/export.pkl")
     parser.add_argument("--out", type=Path, help="default: the .pkl path with .onnx")
     parser.add_argument("--check", type=int, default=50, help="faces to verify (0: skip)")
-    parser.add_argument("--data", type=Path, help="UTKFace folder for the check")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="UTKFace folder")
     args = parser.parse_args(argv)
     out = export_onnx(args.pkl, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -271,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if out.resolve().parent != args.pkl.resolve().parent:
         print("check skipped: the twin is not in the learner's folder")
         return 0
-    result = compare(args.pkl, out, check_faces(args.check, args.data))
+    try:
+        faces = spread_test_crops(args.check, args.data)
+    except FileNotFoundError as exc:
+        print(f"check not run: {exc} (or --check 0 to skip it)", file=sys.stderr)
+        return 2
+    result = compare(args.pkl, out, faces)
     print(json.dumps(result, indent=2))
     if max(result["max_diff_vs_fastai_predictor"], result["max_diff_vs_learn_predict"]) > TOLERANCE:
         print(f"FAILED: the twin differs from the learner by more than {TOLERANCE}")

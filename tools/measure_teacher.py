@@ -5,7 +5,7 @@ if the teacher knows something the student does not, so before using it as a sof
 7-group accuracy is measured the same way as our model's: on the fixed UTKFace test split, its
 expected age mapped to a group by ``agegroup.buckets.bucket_index``.
 
-Run: ``python scripts/measure_teacher.py --count 4561``
+Run: ``python -m tools.measure_teacher --count 4561``
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agegroup.buckets import bucket_index  # noqa: E402
-from agegroup.faces import BOX_TO_CROP  # noqa: E402
-from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples  # noqa: E402
+from agegroup.buckets import bucket_index
+from agegroup.faces import BOX_TO_CROP
+from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples
 
 
 def main() -> None:

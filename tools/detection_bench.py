@@ -1,8 +1,8 @@
 """Face-detection benchmark: recall, false faces, accuracy through the pipeline, and time.
 
-    python -m agegroup.detection_bench                  # full run (a few minutes on 2 cores)
-    python -m agegroup.detection_bench --quick          # a smaller run of the same kind
-    python -m agegroup.detection_bench --template 300   # BlazeFace's keypoints on UTKFace crops
+    python -m tools.detection_bench                  # full run (a few minutes on 2 cores)
+    python -m tools.detection_bench --quick          # a smaller run of the same kind
+    python -m tools.detection_bench --template 300   # BlazeFace's keypoints on UTKFace crops
 
 Photos are made, with fixed seeds, from UTKFace test-split crops (all their poses) pasted into
 larger cluttered photos (640 x 480 to 1280 x 960): face sizes 32, 48, 80, 160 and 320 px (the
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from agegroup.config import PROJECT_ROOT
+from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import FaceDetector, make_detector
 
 SIZES = (32, 48, 80, 160, 320)
@@ -38,7 +38,6 @@ CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
 PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
 ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
 DETECTORS = ("blazeface", "blazeface+keypoints", "hog")
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "utkface"
 
 
 @dataclass(frozen=True)
@@ -514,7 +513,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UTKFace folder")
+    parser.add_argument("--data", type=Path, default=UTKFACE_DIR, help="UTKFace folder")
     parser.add_argument(
         "--quick", action="store_true", help="60 face photos, 60 faceless, 60 faces for accuracy"
     )
@@ -524,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detectors", default=",".join(DETECTORS), help=f"comma-separated, of {DETECTORS}"
     )
-    parser.add_argument("--model", type=Path, default=PROJECT_ROOT / "model" / "export.onnx")
+    parser.add_argument("--model", type=Path, default=Settings().lean_model_path)
     parser.add_argument("--threads", type=int, default=1, help="detector and model threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -555,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         report["detection"][name] = measure_detection(detector, photos, faceless)
         print(name, json.dumps(report["detection"][name]), flush=True)
     if args.accuracy:
-        from agegroup.lean import OnnxPredictor
+        from agegroup.onnx_runtime import OnnxPredictor
 
         predictor = OnnxPredictor(args.model, args.model.parent, args.threads)
         acc_crops, buckets = load_crops(args.data, args.accuracy, 400)

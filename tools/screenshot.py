@@ -1,10 +1,10 @@
 """Make the README screenshot: the result for a bundled example photo, 1000 px wide, in headless
 Chromium, the way a visitor gets it (example clicked, result rendered in place by the script).
 
-    python scripts/screenshot.py                     # the installed model, the group example
-    python scripts/screenshot.py --example grace-hopper
-    python scripts/screenshot.py --tiny              # the tests' tiny learner, before one exists
-    python scripts/screenshot.py --photo me.jpg      # your own photo instead of an example
+    python -m tools.screenshot                     # the installed model, the group example
+    python -m tools.screenshot --example grace-hopper
+    python -m tools.screenshot --tiny              # the tests' tiny learner, before one exists
+    python -m tools.screenshot --photo me.jpg      # your own photo instead of an example
 
 Use a photo you may publish: UTKFace images are for non-commercial research only, so they
 never go into the README; the examples are public domain (static/examples/LICENSE.md).
@@ -15,55 +15,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from agegroup.config import PROJECT_ROOT as ROOT
+from agegroup.config import Settings
+from agegroup.factory import create_app
+from testsupport.browser import launch_chromium, serving
 
-from agegroup import create_app  # noqa: E402
-from agegroup.config import Settings  # noqa: E402
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WIDTH = 1000
 MAX_PNG_BYTES = 300 * 1024
 
 
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The real app on a free loopback port for as long as the block runs."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
 def tiny_settings(folder: Path) -> Settings:
     """Export the tests' tiny learner (random weights) so the page can be shown without a model."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import export_tiny_learner
+    from testsupport.learner import export_tiny_learner
 
     path = export_tiny_learner(folder / "export.pkl")
     return Settings(model_path=path, model_dir=folder)
@@ -73,11 +41,8 @@ def capture(base_url: str, example: str, photo: Path | None, out: Path) -> None:
     """Try ``example`` (or upload ``photo``) and save the result section as a PNG."""
     from playwright.sync_api import sync_playwright
 
-    executable = os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": WIDTH, "height": 800})
         page.goto(f"{base_url}/")
         if photo is None:
@@ -117,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no model at {Settings.from_env().model_path}: train one, or pass --tiny")
     with tempfile.TemporaryDirectory() as scratch:
         settings = tiny_settings(Path(scratch)) if args.tiny else Settings.from_env()
-        with serving(settings) as base_url:
+        with serving(create_app(settings)) as base_url:
             capture(base_url, args.example, args.photo, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
 

@@ -11,7 +11,7 @@ several sizes into larger cluttered backgrounds, where the face's position is kn
 * with ``--template N``: where dlib's 5 landmarks sit on N UTKFace training crops, on average
   (``agegroup.faces.LANDMARK_TEMPLATE``).
 
-Run: ``python scripts/measure_faces.py --model runs/r50_64/export.pkl --out faces.json``
+Run: ``python -m tools.measure_faces --model runs/r50_64/export.pkl --out faces.json``
 """
 
 from __future__ import annotations
@@ -28,20 +28,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agegroup.analysis import analyze  # noqa: E402
-from agegroup.faces import DEFAULT_DETECTOR, get_detector, make_detector  # noqa: E402
-from agegroup.images import DecodedImage  # noqa: E402
-from agegroup.predictor import predict_groups  # noqa: E402
-from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples  # noqa: E402
+from agegroup.analysis import analyze
+from agegroup.config import PROJECT_ROOT
+from agegroup.faces import DEFAULT_DETECTOR, get_detector, make_detector
+from agegroup.images import DecodedImage
+from agegroup.predictor import predict_groups
+from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples
 
 SCALES = (48, 80, 140, 240)
 CANVAS = (800, 600)
 Placed = tuple[int, int, int]  # x, y, side of a pasted face
 
 
-def background(size: tuple[int, int], seed: int) -> Image.Image:
+def cluttered_scene(size: tuple[int, int], seed: int) -> Image.Image:
     """Smooth colour noise with random shapes: clutter without faces."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -59,7 +58,7 @@ def background(size: tuple[int, int], seed: int) -> Image.Image:
 def paste(faces: list[Image.Image], sides: list[int], size: tuple[int, int], seed: int):
     """Paste ``faces`` at ``sides`` without overlap; returns the photo and the placements."""
     rng = random.Random(seed)
-    photo = background(size, seed)
+    photo = cluttered_scene(size, seed)
     placed: list[Placed] = []
     for face, side in zip(faces, sides, strict=True):
         for _ in range(200):
@@ -157,13 +156,12 @@ def measure_latency(samples, image_dir: Path, predictor, photos: int) -> dict:
 
 # VmHWM (peak resident memory) starts afresh at exec, unlike ru_maxrss, which a child inherits.
 _MEMORY_PROBE = """
-import sys
+import os
 import numpy as np
 from PIL import Image
-sys.path.insert(0, {root!r})
+from testsupport.memory import proc_status
 def peak_kb():
-    lines = open("/proc/self/status").read().splitlines()
-    return int(next(line for line in lines if line.startswith("VmHWM")).split()[1])
+    return proc_status(os.getpid())["VmHWM"]
 before = peak_kb()
 from agegroup.faces import get_detector
 photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
@@ -174,13 +172,9 @@ print(before // 1024, peak_kb() // 1024)
 
 
 def measure_memory() -> dict:
-    root = str(Path(__file__).resolve().parent.parent)
-    out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE.format(root=root)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    probe = [sys.executable, "-c", _MEMORY_PROBE]
+    out = subprocess.run(probe, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    out = out.stdout.split()
     before, after = int(out[0]), int(out[1])
     report = {
         "baseline_numpy_pillow_mb": before,

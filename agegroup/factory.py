@@ -1,0 +1,101 @@
+"""The Flask app factory (``create_app``) and the loading of the configured model and detector."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import IO, TYPE_CHECKING
+
+from flask import Flask, Request
+
+from agegroup.config import PROJECT_ROOT, Settings
+from agegroup.errors import ModelUnavailable
+from agegroup.predictor import Predictor
+
+if TYPE_CHECKING:
+    from agegroup.faces import FaceDetector
+
+log = logging.getLogger("agegroup")  # the name the app logged under before the split
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+class InMemoryRequest(Request):
+    """Keeps uploaded files in memory: Werkzeug would spool files over 500 KB to disk."""
+
+    def _get_file_stream(self, *args: object, **kwargs: object) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def load_predictor(settings: Settings) -> Predictor:
+    """Load the configured model once; raises ``ModelUnavailable`` with a clear reason."""
+    if settings.runtime == "onnx":
+        from agegroup.onnx_runtime import OnnxPredictor
+
+        return OnnxPredictor(settings.lean_model_path, settings.model_dir, settings.torch_threads)
+    if settings.runtime != "fastai":
+        raise ModelUnavailable(f"AGE_RUNTIME must be 'fastai' or 'onnx', not {settings.runtime!r}.")
+    from agegroup.predictor import FastaiPredictor
+
+    return FastaiPredictor(settings.model_path, settings.model_dir, settings.torch_threads)
+
+
+def load_detector(settings: Settings) -> FaceDetector:
+    """The face detector ``AGE_FACE_DETECTOR`` names, aligned as ``AGE_FACE_LANDMARKS`` says.
+
+    A landmark model that cannot be loaded is logged and faces are cropped by their boxes:
+    the app still answers, slightly less precisely framed.
+    """
+    from agegroup.faces import FaceDetector, make_detector
+
+    threads = settings.torch_threads
+    try:
+        return make_detector(settings.face_detector, settings.face_landmarks, threads)
+    except (OSError, RuntimeError) as exc:
+        log.error("face landmarks not loaded (%s); faces are cropped by their boxes", exc)
+        return FaceDetector(kind=settings.face_detector, keypoints=False, threads=threads)
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:
+    """Build the app; the model is loaded here, once per process, unless one is given."""
+    from agegroup.web import AppState, bp
+
+    settings = settings or Settings.from_env()
+    app = Flask(
+        "agegroup",
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    # Werkzeug refuses larger bodies before reading them (413); the slack covers multipart overhead.
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 64 * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    load_error = None
+    if predictor is None:
+        try:
+            predictor = load_predictor(settings)
+            log.info("model %s %s loaded", predictor.info.name, predictor.info.version)
+        except ModelUnavailable as exc:
+            load_error = exc.message
+            log.error("no model loaded: %s", exc.message)
+    # The face detector is loaded now, not on the first request.
+    detector = load_detector(settings) if predictor is not None else None
+    app.extensions["agegroup"] = AppState(settings, predictor, load_error, detector)
+    app.register_blueprint(bp)
+
+    @app.after_request
+    def add_security_headers(response):  # type: ignore[no-untyped-def]
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app
