@@ -137,13 +137,22 @@ class AgeLoss:
         self.label_smoothing = label_smoothing
         self.distill_weight = distill_weight
 
+    def _follow(self, device: torch.device) -> None:
+        """Keep the constant tables on the predictions' device (CPU or GPU)."""
+        if self.age_targets.device != device:
+            self.age_targets = self.age_targets.to(device)
+            self.group_mask = self.group_mask.to(device)
+            self.group_of_age = self.group_of_age.to(device)
+
     def group_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
+        self._follow(pred.device)
         log_probs = torch.log_softmax(pred.float(), dim=1)
         return torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
 
     def __call__(
         self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
     ) -> torch.Tensor:
+        self._follow(pred.device)
         log_probs = torch.log_softmax(pred.float(), dim=1)
         target = torch.as_tensor(target).long().view(-1)
         ldl = -(self.age_targets[target] * log_probs).sum(dim=1).mean()
@@ -161,7 +170,7 @@ class AgeLoss:
 
 def group_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
     """Accuracy on the seven groups of an age model (groups are sums over ages)."""
-    member = torch.from_numpy(GROUP_OF_AGE.astype(np.float32))
+    member = torch.from_numpy(GROUP_OF_AGE.astype(np.float32)).to(pred.device)
     predicted = (torch.softmax(pred.float(), dim=1) @ member).argmax(dim=1)
     truth = member.argmax(dim=1)[torch.as_tensor(target).long().view(-1)]
     return (predicted == truth).float().mean()
@@ -169,29 +178,31 @@ def group_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.T
 
 def age_mae(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
     """Mean absolute error in years of the expected age."""
-    ages = torch.arange(MAX_AGE + 1, dtype=torch.float32)
+    ages = torch.arange(MAX_AGE + 1, dtype=torch.float32, device=pred.device)
     expected = torch.softmax(pred.float(), dim=1) @ ages
     return (expected - torch.as_tensor(target).float().view(-1)).abs().mean()
 
 
-class CpuBf16(Callback):
-    """Run forward and loss under bf16 autocast on the CPU, with channels-last inputs."""
+class Bf16Autocast(Callback):
+    """Run forward and loss under bf16 autocast on the model's device (CPU with AMX, or a
+    GPU), with channels-last inputs."""
 
     order = 10
 
     def before_fit(self) -> None:
         self.learn.model.to(memory_format=torch.channels_last)
+        self.device_type = next(self.learn.model.parameters()).device.type
 
     def before_batch(self) -> None:
         self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.autocast = torch.autocast(self.device_type, dtype=torch.bfloat16)
         self.autocast.__enter__()
 
     def after_loss(self) -> None:
         self.autocast.__exit__(None, None, None)
 
     def after_cancel_batch(self) -> None:
-        if torch.is_autocast_cpu_enabled():
+        if torch.is_autocast_enabled(self.device_type):
             self.autocast.__exit__(None, None, None)
 
 
@@ -225,7 +236,8 @@ class LearnerConfig:
     around UTKFace's framing, so training sees faces slightly smaller and larger than UTKFace's
     own crops. ``degrade_share`` of the training images are corrupted like real uploads.
     ``weights`` is a local torchvision state_dict for the body; ``pretrained`` fastai's own
-    (downloaded) ImageNet weights.
+    (downloaded) ImageNet weights. ``device`` is where batches go (``cuda`` on a GPU machine,
+    with ``workers`` processes preparing them).
     """
 
     size: int
@@ -238,6 +250,8 @@ class LearnerConfig:
     bf16: bool = True
     pretrained: bool = False
     weights: Path | None = None
+    device: str = "cpu"
+    workers: int = 0
 
 
 def build_learner(
@@ -284,7 +298,9 @@ def build_learner(
             Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD),
         ],
     )
-    dls = block.dataloaders(len(images), bs=config.batch_size, num_workers=0, device="cpu")
+    dls = block.dataloaders(
+        len(images), bs=config.batch_size, num_workers=config.workers, device=config.device
+    )
     if ages:
         distill_weight = teacher.weight if teacher is not None else 0.0
         loss: Any = AgeLoss(config.group_weight, config.label_smoothing, distill_weight)
@@ -300,7 +316,7 @@ def build_learner(
         pretrained=config.pretrained,
         loss_func=loss,
         metrics=metrics,
-        cbs=[CpuBf16()] if config.bf16 else [],
+        cbs=[Bf16Autocast()] if config.bf16 else [],
     )
     if config.weights is not None:
         state = torch.load(config.weights, map_location="cpu", weights_only=True)
@@ -374,7 +390,9 @@ def export_learner(
     path.parent.mkdir(parents=True, exist_ok=True)
     learn.agegroup_name = name
     learn.agegroup_version = version or time.strftime("%Y.%m.%d", time.gmtime())
-    for cb in [cb for cb in learn.cbs if isinstance(cb, (CpuBf16, SaveModelCallback, CSVLogger))]:
+    for cb in [
+        cb for cb in learn.cbs if isinstance(cb, (Bf16Autocast, SaveModelCallback, CSVLogger))
+    ]:
         learn.remove_cb(cb)
     learn.model.to(memory_format=torch.contiguous_format)
     if half:
@@ -461,11 +479,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a GPU if any"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes preparing batches (a GPU needs some)"
+    )
     parser.add_argument("--out", type=Path, default=Path("model/export.pkl"))
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     seed_everything(args.seed)
     images, samples, valid_idx = training_split(
         args.data, args.size, args.cache, args.valid_fraction
@@ -489,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
         bf16=not args.no_bf16,
         pretrained=args.pretrained,
         weights=args.weights,
+        device=args.device,
+        workers=args.workers,
     )
     learn = build_learner(images, buckets, valid_idx, config, teacher=teacher)
     if args.init is not None:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The age model trained from scratch on a borrowed single GPU (H200 class, about ten minutes),
+# run ON that machine by the `device` tool. Not yet run on one: no session so far was lent a
+# GPU. Prepare here (the CPU machine), from the repository root:
+#
+#   .venv/bin/python -m agegroup.training.pack --size 112 --quality 80 \
+#       --teacher runs/agev1/ages.npz --out gpu-pack           # ~52 MiB, train split only
+#   mkdir -p .whl && .venv/bin/pip download --no-deps -d .whl fastai==2.8.12 fastcore==2.2.41 \
+#       fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 plum-dispatch==2.9.0 \
+#       beartype                                                # fastai is not on that machine
+#   echo /.whl/ >> .git/info/exclude
+#
+# What travels is limited to 64 MiB, tracked files included, and model/export.pkl and
+# export.onnx alone are ~100 MB: move them aside for the call (mv model/export.pkl
+# model/export.onnx /tmp/) and back afterwards. Then call the device tool with
+#   carry ["gpu-pack", ".whl"], timeout_s 600, command "bash recipes/gpu_h200.sh"
+# Files come back from $OUT (8 files of at most 16 MiB): the learner returns in parts;
+# join them here with `cat $FILES_AT/export.pkl.part* > runs/gpu/export.pkl`, then calibrate,
+# evaluate and export the ONNX twin on this machine as in recipes/resnet50_ages_96.sh.
+set -euo pipefail
+OUT=${OUT:-runs/gpu}
+EPOCHS=${EPOCHS:-40}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:.
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# Ages 0-100 (label distributions), half the images corrupted, age-v1's groups distilled, as
+# recipes/resnet50_ages_96.sh, but from scratch at 112 px with a large batch.
+timeout 480 python3 -m agegroup.training.train --device cuda --workers 14 --bs 256 \
+    --size 112 --epochs "$EPOCHS" --lr 4e-3 --wd 0.05 --targets ages --degrade 0.5 \
+    --teacher gpu-pack/teacher.npz --distill-weight 0.3 \
+    --data gpu-pack/utkface --cache /tmp/cache --run-dir /tmp/run --out /tmp/run/export.pkl \
+    || { echo "training failed or ran out of time"; exit 1; }
+cp /tmp/run/args.json /tmp/run/history.csv "$OUT/"
+split -b 15M -d /tmp/run/export.pkl "$OUT/export.pkl.part"
+ls -la "$OUT"
