@@ -5,10 +5,13 @@
 #
 #   .venv/bin/python -m agegroup.training.pack --size 112 --quality 80 \
 #       --teacher runs/agev1/ages.npz --out gpu-pack           # ~52 MiB, train split only
-#   mkdir -p .whl && .venv/bin/pip download --no-deps -d .whl fastai==2.8.12 fastcore==2.2.41 \
-#       fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 plum-dispatch==2.9.0 \
-#       beartype                                                # fastai is not on that machine
-#   echo /.whl/ >> .git/info/exclude
+#   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5 fastprogress==1.0.3 \
+#       fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1
+#   (fastai is not on that machine, whose Python is 3.12; fastprogress 1.0.3 because later ones
+#   need python-fasthtml; this set trained here with fastai 2.8.12. .whl/ and gpu-pack/ are
+#   ignored by git.)
 #
 # What travels is limited to 64 MiB, tracked files included, and model/export.pkl and
 # export.onnx alone are ~100 MB: move them aside for the call (mv model/export.pkl
