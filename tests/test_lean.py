@@ -241,4 +241,6 @@ def test_committed_twin_matches_the_committed_learner() -> None:
     if not settings.lean_model_path.exists():
         pytest.skip("no model/export.onnx committed yet")
     predictor = OnnxPredictor(settings.lean_model_path, settings.model_dir)  # raises if stale
-    assert predictor.predict([Image.new("RGB", (200, 200))]).shape == (1, 7)
+    probabilities = predictor.predict([Image.new("RGB", (200, 200))])
+    assert probabilities.shape == (1, len(predictor.info.classes))  # 7 groups or 101 ages
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
