@@ -97,7 +97,10 @@ class BlazeFace:
         m = self.network.multiple
         if height % m or width % m:
             raise ValueError(f"input sides must be multiples of {m}, got {width} x {height}")
-        x = pixels.astype(np.float32).transpose(2, 0, 1)[None] * (2 / 255) - 1
+        # Scaled to [-1, 1] into one planar buffer: no float copies of the whole photo.
+        x = np.empty((1, 3, height, width), np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), np.float32(2 / 255), out=x[0])
+        x -= 1
         outputs = dict(zip(self._outputs, self._session.run(None, {"input": x}), strict=True))
         regress = next(v for v in outputs.values() if v.shape[-1] == 16)[0]
         logits = next(v for v in outputs.values() if v.shape[-1] == 1)[0, :, 0]

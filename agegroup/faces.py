@@ -104,10 +104,14 @@ DETECT_PIXELS = 250_000
 LEVEL_STEP = 3.5
 COARSEST_SIDE = 96
 # The search keeps candidates scoring CANDIDATE_SCORE; the best are looked at again (at most
-# MAX_LOOKS runs in all, about 4 ms each) in a window VERIFY_WINDOW times their side, at
-# VERIFY_INPUT px (the face then about 64 px, where BlazeFace is surest), and kept if they
-# score FACE_SCORE there. Candidates scoring SURE_SCORE in the search are kept as they are.
-CANDIDATE_SCORE = 0.4
+# MAX_LOOKS runs in all, about 3 ms each) in a window VERIFY_WINDOW times their side, at
+# VERIFY_INPUT px, and kept if they score FACE_SCORE there. Candidates scoring SURE_SCORE in
+# the search are kept as they are. A look of 128 px puts the face at about 43 px, close to
+# the size it has in the photo when it is small: it reads the face's own pixels instead of
+# an enlarged blur of them. Measured on 100 benchmark photos (`tools.detection_bench`), 128
+# rather than 192 px found more faces (48 px and up: 0.950 against 0.930) in 2.25 times fewer
+# pixels a look; keeping candidates from 0.3 (not 0.4) then found 0.955 with fewer false faces.
+CANDIDATE_SCORE = 0.3
 FACE_SCORE = 0.6
 MAX_LOOKS = 12
 SURE_SCORE = 0.8
@@ -115,7 +119,7 @@ SURE_SCORE = 0.8
 # tilted by more than about 20 degrees).
 VERIFY_TURNS = (0.0, 25.0, -25.0)
 VERIFY_WINDOW = 3.0
-VERIFY_INPUT = 192
+VERIFY_INPUT = 128
 # At most this many candidates go into the suppression step (a photo of many faces, or of
 # face-like patterns, stays cheap).
 MAX_CANDIDATES = 400
