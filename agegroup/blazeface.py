@@ -72,9 +72,14 @@ class BlazeFace:
         options.log_severity_level = 3
         # Spinning pool threads would burn a shared host's small CPU share between requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Every photo shape is a new input shape: an arena or cached memory patterns would keep
-        # the largest of each and grow the process (measured: +140 MB over 1,000 requests).
-        options.enable_cpu_mem_arena = False
+        # Every photo shape is a new input shape: cached memory patterns would keep a plan for
+        # each and grow the process (measured: +140 MB over 1,000 requests), so they are off.
+        # The arena stays on: it keeps the buffers of one search (bounded by the finest
+        # level's pixels) for the next. Without it each run's activations are allocated anew,
+        # and with render.yaml's MALLOC_MMAP_THRESHOLD_ every one of 1 MB or more is a fresh
+        # mapping whose pages are faulted in and zeroed: the 250,000-pixel level then took
+        # 180 ms of CPU instead of 50 (`python -m tools.bench --stages`).
+        options.enable_cpu_mem_arena = True
         options.enable_mem_pattern = False
         self.network = network
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
