@@ -72,9 +72,14 @@ class BlazeFace:
         options.log_severity_level = 3
         # Spinning pool threads would burn a shared host's small CPU share between requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Every photo shape is a new input shape: an arena or cached memory patterns would keep
-        # the largest of each and grow the process (measured: +140 MB over 1,000 requests).
-        options.enable_cpu_mem_arena = False
+        # Every photo shape is a new input shape: cached memory patterns would keep a plan for
+        # each and grow the process (measured: +140 MB over 1,000 requests), so they are off.
+        # The arena stays on: it keeps the buffers of one search (bounded by the finest
+        # level's pixels) for the next. Without it each run's activations are allocated anew,
+        # and with render.yaml's MALLOC_MMAP_THRESHOLD_ every one of 1 MB or more is a fresh
+        # mapping whose pages are faulted in and zeroed: the 250,000-pixel level then took
+        # 180 ms of CPU instead of 50 (`python -m tools.bench --stages`).
+        options.enable_cpu_mem_arena = True
         options.enable_mem_pattern = False
         self.network = network
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -97,7 +102,10 @@ class BlazeFace:
         m = self.network.multiple
         if height % m or width % m:
             raise ValueError(f"input sides must be multiples of {m}, got {width} x {height}")
-        x = pixels.astype(np.float32).transpose(2, 0, 1)[None] * (2 / 255) - 1
+        # Scaled to [-1, 1] into one planar buffer: no float copies of the whole photo.
+        x = np.empty((1, 3, height, width), np.float32)
+        np.multiply(pixels.transpose(2, 0, 1), np.float32(2 / 255), out=x[0])
+        x -= 1
         outputs = dict(zip(self._outputs, self._session.run(None, {"input": x}), strict=True))
         regress = next(v for v in outputs.values() if v.shape[-1] == 16)[0]
         logits = next(v for v in outputs.values() if v.shape[-1] == 1)[0, :, 0]

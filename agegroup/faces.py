@@ -6,16 +6,18 @@ group picture gets the same framing as the aligned crops the model learned from.
 
 Detector (``AGE_FACE_DETECTOR``). The default is MediaPipe's BlazeFace full-range network
 (Apache-2.0; ``agegroup/blazeface.py``, converted once to ONNX by
-``scripts/convert_blazeface.py``), run by onnxruntime, which the server already has. It finds
+``tools/convert_blazeface.py``), run by onnxruntime, which the server already has. It finds
 faces that dlib's HOG detector (``hog``, the previous default, kept for comparison) misses:
 small ones, turned ones, and faces in poor light. It sees faces whose crop is about 24-110 of
 its input pixels, so the photo is searched as a pyramid (``FaceDetector.levels``): the finest
 level has at most ``DETECT_PIXELS`` pixels, which sets both the smallest face found and the
 time (one run of the network costs about 0.2 us per pixel on one core). Candidates it is
-unsure of get a second look in a window around them, at the scale it is surest at (and turned
-by 25 degrees either way if needed), within a budget of runs. ``python -m
-agegroup.detection_bench`` measures recall, false faces, time and accuracy for both detectors
-(README "Face detection").
+unsure of get a second look in a small window around them that holds the face near its own
+pixel size (and turned by 25 degrees either way if needed), within a budget of runs: a face
+the search saw only faintly at the finest level is judged again from the photo's own pixels.
+``python -m tools.detection_bench`` measures recall, false faces, time and accuracy for both
+detectors and ``python -m tools.bench --stages`` the CPU time of each step (README "Face
+detection", "Benchmark").
 
 Framing. UTKFace's crops are aligned by the eyes: on about 300 training crops the eye line
 is level (standard deviation 2.1 degrees) and dlib's 5-point landmarks sit within a few
@@ -79,7 +81,7 @@ MIN_FACE_PX = 32
 MAX_FACES = 20
 # Where dlib's 5 landmarks (outer and inner corner of the eye on the image's right, outer and
 # inner corner of the other eye, base of the nose) sit on average in a 200 x 200 UTKFace crop,
-# measured on 291 training crops (``scripts/measure_faces.py --template 300``).
+# measured on 291 training crops (``python -m tools.measure_faces --template 300``).
 LANDMARK_TEMPLATE = ((152.5, 59.8), (121.4, 61.8), (44.3, 59.5), (75.4, 61.8), (98.5, 118.4))
 # Landmarks whose crop differs from the box's crop by more than this (in scale, or in centre
 # as a fraction of the side) are not trusted: the box's crop is used instead.
@@ -89,7 +91,7 @@ LANDMARK_MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
 # Where BlazeFace's keypoints (the eye on the image's left, the other eye, the tip of the nose,
 # the middle of the mouth) sit on average in a 200 x 200 UTKFace crop, and where its box sits
 # (centre offset and side, in crop sides), measured on 291 training crops
-# (``python -m agegroup.detection_bench --template 300``).
+# (``python -m tools.detection_bench --template 300``).
 KEYPOINT_TEMPLATE = ((58.1, 58.5), (136.9, 58.5), (98.7, 106.2), (98.4, 143.3))
 # Their weights in the fit, about 1 / variance of each on those crops: the tip of the nose
 # moves most as the head turns.
@@ -104,10 +106,14 @@ DETECT_PIXELS = 250_000
 LEVEL_STEP = 3.5
 COARSEST_SIDE = 96
 # The search keeps candidates scoring CANDIDATE_SCORE; the best are looked at again (at most
-# MAX_LOOKS runs in all, about 4 ms each) in a window VERIFY_WINDOW times their side, at
-# VERIFY_INPUT px (the face then about 64 px, where BlazeFace is surest), and kept if they
-# score FACE_SCORE there. Candidates scoring SURE_SCORE in the search are kept as they are.
-CANDIDATE_SCORE = 0.4
+# MAX_LOOKS runs in all, about 3 ms each) in a window VERIFY_WINDOW times their side, at
+# VERIFY_INPUT px, and kept if they score FACE_SCORE there. Candidates scoring SURE_SCORE in
+# the search are kept as they are. A look of 128 px puts the face at about 43 px, close to
+# the size it has in the photo when it is small: it reads the face's own pixels instead of
+# an enlarged blur of them. Measured on 100 benchmark photos (`tools.detection_bench`), 128
+# rather than 192 px found more faces (48 px and up: 0.950 against 0.930) in 2.25 times fewer
+# pixels a look; keeping candidates from 0.3 (not 0.4) then found 0.955 with fewer false faces.
+CANDIDATE_SCORE = 0.3
 FACE_SCORE = 0.6
 MAX_LOOKS = 12
 SURE_SCORE = 0.8
@@ -115,7 +121,7 @@ SURE_SCORE = 0.8
 # tilted by more than about 20 degrees).
 VERIFY_TURNS = (0.0, 25.0, -25.0)
 VERIFY_WINDOW = 3.0
-VERIFY_INPUT = 192
+VERIFY_INPUT = 128
 # At most this many candidates go into the suppression step (a photo of many faces, or of
 # face-like patterns, stays cheap).
 MAX_CANDIDATES = 400
@@ -233,7 +239,7 @@ class FaceDetector:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._blaze is not None:
             # One search at a time: each holds tens of MB of activations, and the server's
-            # threads share one CPU anyway (4 at once peaked at 617 MB in `agegroup.bench`).
+            # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
             with self._search_lock:
                 boxes = self._detect_blaze(rgb)
         else:

@@ -84,3 +84,20 @@ def test_bench_runs_end_to_end_without_errors(lean_dir, tmp_path) -> None:
     result = json.loads(out.read_text())
     assert result["errors"] == 0 and result["predictions"] >= 6
     assert result["memory_after"]["processes"] >= 2  # gunicorn's master and its worker
+
+
+@pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
+def test_bench_stages_time_each_step_of_a_request(lean_dir, tmp_path) -> None:
+    from tools.bench import main as bench
+
+    out = tmp_path / "stages.json"
+    argv = ["--stages", "--model", str(lean_dir / "export.pkl"), "--variants", "2"]
+    assert bench(argv + ["--out", str(out)]) == 0
+    for kind, steps in json.loads(out.read_text())["stages_cpu_ms"].items():
+        levels = [v for k, v in steps.items() if k.startswith("search level")]
+        assert len(levels) >= 2, kind  # the pyramid of a 1280 x 800 photo
+        parts = sum(levels) + steps.get("second looks", 0) + steps["dlib landmarks"]
+        assert steps["detect (all of it)"] >= parts - 0.3  # (each rounded to 0.1 ms)
+        whole = steps["decode"] + steps["detect (all of it)"] + steps["crop"] + steps["model"]
+        assert steps["request (all of it)"] >= whole - 0.3
+        assert min(steps["decode"], steps["model"], steps["crop"]) > 0

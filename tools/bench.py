@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from io import BytesIO
 from pathlib import Path
@@ -201,6 +201,72 @@ def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -
     }
 
 
+class _Proxy:
+    """A BlazeFace network whose runs go through ``call`` (Python looks ``__call__`` up on the
+    class, so an instance's cannot simply be replaced)."""
+
+    def __init__(self, network: Any, call: Callable[..., Any]) -> None:
+        self.network = network.network
+        self._call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+
+def stage_profile(settings: Settings, photos: Sequence[bytes]) -> dict[str, float]:
+    """CPU milliseconds per photo of each step of a request, in this process (no server).
+
+    CPU time (``time.process_time``), not wall time, so that other work on a shared machine
+    counts less. Each BlazeFace run is recorded under its input size (the search's levels) or
+    as a second look; the steps are those of ``agegroup.analysis.analyze``.
+    """
+    from agegroup.faces import crop_face, select_faces
+    from agegroup.factory import load_detector, load_predictor
+    from agegroup.images import decode_upload
+    from agegroup.predictor import predict_groups
+
+    predictor, detector = load_predictor(settings), load_detector(settings)
+    spent: dict[str, float] = {}
+
+    looking = [False]  # the runs of a second look count as the look's, not as levels
+
+    def timed(label: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not label and looking[0]:
+                return call(*args, **kwargs)
+            looking[0] = looking[0] or label == "second looks"
+            started = time.process_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                key = label or "search level {1}x{0}".format(*args[0].shape[:2])
+                spent[key] = spent.get(key, 0.0) + time.process_time() - started
+                looking[0] = looking[0] and label != "second looks"
+
+        return wrapper
+
+    blaze = detector._blaze  # noqa: SLF001 (instrumented on this instance only)
+    if blaze is not None:
+        look = timed("second looks", detector._look_again)  # noqa: SLF001
+        detector._blaze = _Proxy(blaze, timed("", blaze))  # noqa: SLF001
+        detector._look_again = look  # noqa: SLF001
+    detector._with_landmarks = timed("dlib landmarks", detector._with_landmarks)  # noqa: SLF001
+
+    def request(data: bytes) -> None:
+        image = timed("decode", decode_upload)(data, settings.max_pixels, settings.work_size).image
+        chosen = select_faces(timed("detect (all of it)", detector.detect)(image))
+        crops = [timed("crop", crop_face)(image, box) for box in chosen]
+        timed("model", predict_groups)(predictor, crops or [image])
+
+    request(photos[0])  # the first run loads and allocates
+    spent.clear()
+    started = time.process_time()
+    for data in photos:
+        request(data)
+    spent["request (all of it)"] = time.process_time() - started
+    return {k: round(1000 * v / len(photos), 1) for k, v in sorted(spent.items())}
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -340,6 +406,31 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def print_stages(args: argparse.Namespace) -> int:
+    """``--stages``: the CPU time of each step for the one-face and the five-face photos."""
+    try:
+        crops = spread_test_crops(40, args.data)
+    except FileNotFoundError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    photos = photo_sets(crops, variants=args.variants)
+    settings = replace(
+        Settings.from_env(),
+        model_path=args.model,
+        model_dir=args.model.parent,
+        torch_threads=args.model_threads,
+        runtime=args.runtime,
+    )
+    result = {kind: stage_profile(settings, photos[kind]) for kind in ("one", "five")}
+    # Levels, second looks and landmarks are parts of "detect (all of it)".
+    print("| step, CPU ms per photo | 1 face | 5 faces |\n|---|---|---|")
+    for step in sorted(set(result["one"]) | set(result["five"])):
+        print(f"| {step} | {result['one'].get(step, 0):.1f} | {result['five'].get(step, 0):.1f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"stages_cpu_ms": result}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=("onnx", "fastai"), default="onnx")
@@ -361,7 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-repeats", type=int, default=30)
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="only the CPU time of each step (decode, search levels, second looks, landmarks, "
+        "crop, model) per photo, in this process",
+    )
     args = parser.parse_args(argv)
+    if args.stages:
+        return print_stages(args)
     try:
         result = run(args)
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
