@@ -107,10 +107,8 @@ def expected_calibration_error(
     gap = 0.0
     for b in range(bins):
         mask = which == b
-        if mask.any():
-            share = w[mask].sum()
-            accuracy = (w[mask] * correct[mask]).sum() / share
-            gap += share * abs(accuracy - (w[mask] * confidence[mask]).sum() / share)
+        if mask.any():  # the bin's share times |accuracy - confidence| in it
+            gap += abs((w[mask] * (correct[mask] - confidence[mask])).sum())
     return float(gap)
 
 
