@@ -144,19 +144,21 @@ class AgeLoss:
             self.group_mask = self.group_mask.to(device)
             self.group_of_age = self.group_of_age.to(device)
 
-    def group_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
+    def _log_probs(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ages' and the groups' log-probabilities of ``pred``."""
         self._follow(pred.device)
         log_probs = torch.log_softmax(pred.float(), dim=1)
-        return torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
+        return log_probs, torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
+
+    def group_log_probs(self, pred: torch.Tensor) -> torch.Tensor:
+        return self._log_probs(pred)[1]
 
     def __call__(
         self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
     ) -> torch.Tensor:
-        self._follow(pred.device)
-        log_probs = torch.log_softmax(pred.float(), dim=1)
+        log_probs, groups = self._log_probs(pred)
         target = torch.as_tensor(target).long().view(-1)
         ldl = -(self.age_targets[target] * log_probs).sum(dim=1).mean()
-        groups = torch.logsumexp(log_probs[:, None, :] + self.group_mask, dim=2)
         eps = self.label_smoothing
         true_group = groups.gather(1, self.group_of_age[target][:, None]).squeeze(1)
         group_ce = -((1 - eps) * true_group + eps * groups.mean(dim=1)).mean()
