@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.training import data as utk
+from agegroup.training.distill import load_teacher_targets
 
 MIB = 2**20
 
@@ -65,14 +66,12 @@ def pack(data_dir: Path, out: Path, size: int, quality: int, teacher: Path | Non
     if repacked != kept:
         raise RuntimeError("the packed folder lists other samples than the train split")
     if teacher is not None:
-        with np.load(teacher) as saved:
-            row_of = {str(n): i for i, n in enumerate(saved["names"])}
-            rows = [row_of[s.name] for s in kept]
-            np.savez_compressed(
-                out / "teacher.npz",
-                names=np.array([s.name for s in kept]),
-                log_probs=saved["log_probs"][rows].astype(np.float16),
-            )
+        kept_names = [s.name for s in kept]
+        np.savez_compressed(
+            out / "teacher.npz",
+            names=np.array(kept_names),
+            log_probs=load_teacher_targets(teacher, kept_names).astype(np.float16),
+        )
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
