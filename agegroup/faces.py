@@ -288,9 +288,12 @@ class FaceDetector:
     def levels(self, width: int, height: int) -> list[float]:
         """The scales BlazeFace searches a ``width`` x ``height`` photo at, finest first."""
         scale = min(MAX_UPSCALE / 2, math.sqrt(self._detect_pixels / (width * height)))
+        # Compared as scales, not as sides: ``side * (COARSEST_SIDE / side)`` can round to
+        # just above COARSEST_SIDE (for 5% of sides), and the search then never ended.
+        coarsest = COARSEST_SIDE / max(width, height)
         scales = [scale]
-        while max(width, height) * scales[-1] > COARSEST_SIDE:
-            scales.append(max(scales[-1] / LEVEL_STEP, COARSEST_SIDE / max(width, height)))
+        while scales[-1] > coarsest:
+            scales.append(max(scales[-1] / LEVEL_STEP, coarsest))
         return scales
 
     def _detect_blaze(self, rgb: Image.Image) -> list[FaceBox]:

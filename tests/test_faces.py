@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from agegroup.analysis import NO_FACE_WARNING
 from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import (
+    COARSEST_SIDE,
     CROP_SIZE,
     KEYPOINT_TEMPLATE,
     LANDMARK_TEMPLATE,
@@ -107,6 +109,40 @@ def test_finds_every_face_of_a_group_photo(group_photo: Image.Image) -> None:
 
 def test_photo_without_a_face_has_no_box() -> None:
     assert get_detector().detect(colour_clutter(640, 480, seed=7)) == []
+
+
+def test_search_levels_end_for_every_photo_size() -> None:
+    # A long side whose ``side * (96 / side)`` rounds above 96 (311, 341, ... : 5% of sides)
+    # once made the pyramid loop forever, filling memory until the process was killed.
+    detector = get_detector()
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("FaceDetector.levels did not return")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        check_levels(detector)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def check_levels(detector: FaceDetector) -> None:
+    for long_side in range(1, 6001):
+        for width, height in ((long_side, long_side), (long_side, max(1, long_side * 2 // 3))):
+            scales = detector.levels(width, height)
+            assert len(scales) <= 8, (width, height)
+            assert all(a > b for a, b in zip(scales, scales[1:])), (width, height)
+            if len(scales) > 1:
+                assert long_side * scales[-1] == pytest.approx(COARSEST_SIDE), (width, height)
+
+
+@pytest.mark.parametrize("size", [(311, 311), (341, 200), (187, 140)])
+def test_photo_sizes_that_once_hung_the_search_get_an_answer(client, grace, size) -> None:
+    response = post_photo(client, grace.resize(size))
+    assert response.status_code == 200
+    assert len(response.get_json()["faces"]) >= 1
 
 
 def assert_same_framing(box: FaceBox, pasted: tuple[int, int, int]) -> None:
