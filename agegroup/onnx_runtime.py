@@ -35,6 +35,19 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 1, 3)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 1, 3)
 
 
+INT8_SUFFIX = ".int8.onnx"
+
+
+def int8_path_of(twin: Path) -> Path:
+    """Where the int8 version of a twin lives: ``export.onnx`` -> ``export.int8.onnx``."""
+    return twin.with_name(twin.stem + INT8_SUFFIX)
+
+
+def learner_path_of(onnx_path: Path, meta: dict[str, str]) -> Path:
+    """The ``export.pkl`` a twin (float or int8) was made from, named in its metadata."""
+    return onnx_path.with_name(meta.get("source_name") or onnx_path.stem + ".pkl")
+
+
 def to_batch(faces: Sequence[Image.Image], size: int) -> np.ndarray:
     """Faces -> the normalised float32 NCHW batch fastai builds (ToTensor, /255, Normalize)."""
     pixels = np.stack([np.asarray(to_model_input(face, size), dtype=np.uint8) for face in faces])
@@ -81,11 +94,13 @@ class OnnxPredictor:
                 f"{path.name} was made for another normalisation (mean, std {stats}) than the "
                 "ImageNet statistics this runtime applies."
             )
-        _check_source(resolved, meta)
+        learner = learner_path_of(resolved, meta)
+        _check_source(resolved, learner, meta)
         self._session = session
+        self.precision = meta.get("precision", "float")
         # The learner the twin was made from (its sha256 is in the twin's metadata).
         self.calibration = (
-            load_calibration(resolved, lambda: meta.get("source_sha256", ""), len(classes))
+            load_calibration(learner, lambda: meta.get("source_sha256", ""), len(classes))
             if calibrated
             else None
         )
@@ -105,12 +120,12 @@ class OnnxPredictor:
         return probabilities_of(np.asarray(logits, dtype=np.float64), self.calibration)
 
 
-def _check_source(onnx_path: Path, meta: dict[str, str]) -> None:
+def _check_source(onnx_path: Path, source: Path, meta: dict[str, str]) -> None:
     """Refuse a twin made from another ``export.pkl`` than the one beside it (a stale file)."""
-    source = onnx_path.with_suffix(".pkl")
     expected = meta.get("source_sha256")
     if expected and source.is_file() and file_sha256(source) != expected:
         raise ModelUnavailable(
             f"{onnx_path.name} was not made from the {source.name} beside it; run "
-            f"`python -m agegroup.training.onnx_export {source}` to rebuild it."
+            f"`python -m agegroup.training.onnx_export {source}` to rebuild it"
+            + (" and `python -m agegroup.training.quantize`." if meta.get("precision") else ".")
         )

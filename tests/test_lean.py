@@ -195,6 +195,66 @@ print(json.dumps({"status": status, "heavy": heavy}))
     assert result == {"status": 200, "heavy": []}
 
 
+# --- the int8 twin ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_dir(lean_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny learner, its twin, and the twin quantized from 32 synthetic faces."""
+    from agegroup.training.quantize import quantize
+
+    folder = tmp_path_factory.mktemp("int8")
+    for name in ("export.pkl", "export.onnx"):
+        shutil.copy(lean_dir / name, folder / name)
+    size = OnnxPredictor(folder / "export.onnx", folder).info.input_size
+    quantize(folder / "export.onnx", folder / "export.int8.onnx", synthetic_faces(32, size), size)
+    return folder
+
+
+def test_int8_twin_is_quantized_and_predicts_like_the_float_twin(int8_dir) -> None:
+    import onnx
+
+    graph = onnx.load(str(int8_dir / "export.int8.onnx")).graph
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
+    int8 = OnnxPredictor(int8_dir / "export.int8.onnx", int8_dir)
+    twin = OnnxPredictor(int8_dir / "export.onnx", int8_dir)
+    assert int8.precision == "int8" and twin.precision == "float"
+    assert int8.info == twin.info  # name, version, input size and classes carried over
+    faces = varied_faces()
+    ours, theirs = int8.predict(faces), twin.predict(faces)
+    assert np.allclose(ours.sum(axis=1), 1.0)
+    assert 0 < np.abs(ours - theirs).max() < 0.05  # quantized, and close
+
+
+def test_int8_twin_is_served_with_the_precision_setting(int8_dir, monkeypatch) -> None:
+    monkeypatch.setenv("AGE_RUNTIME", "onnx")
+    monkeypatch.setenv("AGE_ONNX_PRECISION", "int8")
+    monkeypatch.setenv("AGE_MODEL_PATH", str(int8_dir / "export.pkl"))
+    settings = Settings.from_env()
+    assert settings.lean_model_path == int8_dir / "export.int8.onnx"
+    app = create_app(settings)
+    assert app.extensions["agegroup"].predictor.precision == "int8"
+    photo = image_bytes(Image.fromarray(synthetic_faces(1, 120, seed=3)[0]))
+    response = app.test_client().post(
+        "/api/predict", data={"image": (io.BytesIO(photo), "face.jpg")}
+    )
+    assert response.status_code == 200
+
+    monkeypatch.setenv("AGE_ONNX_PRECISION", "int4")
+    broken = create_app(Settings.from_env())
+    health = broken.test_client().get("/healthz")
+    assert health.status_code == 503
+    assert "AGE_ONNX_PRECISION must be 'float' or 'int8'" in health.get_data(as_text=True)
+
+
+def test_refuses_an_int8_twin_of_another_learner(int8_dir, tmp_path) -> None:
+    shutil.copy(int8_dir / "export.int8.onnx", tmp_path / "export.int8.onnx")
+    (tmp_path / "export.pkl").write_bytes(b"a different learner")
+    with pytest.raises(ModelUnavailable, match="agegroup.training.quantize"):
+        OnnxPredictor(tmp_path / "export.int8.onnx", tmp_path)
+
+
 # --- the deploy -----------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, Predictor, mirrored
 from agegroup.training import data as utk
 from agegroup.training.degrade import degraded_copy
+from agegroup.training.served_crops import served_crop
 
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], n: int = len(BUCKETS)) -> np.ndarray:
@@ -112,14 +113,28 @@ def expected_calibration_error(
     return float(gap)
 
 
-def test_faces(samples: Sequence[utk.Sample], data_dir: Path, degraded: bool) -> list[Image.Image]:
-    """The test crops as the model receives them: as they are, or the degraded test set's."""
+TEST_SETS = ("clean", "degraded", "served")
+
+
+def test_faces(samples: Sequence[utk.Sample], data_dir: Path, test_set: str) -> list[Image.Image]:
+    """The test crops as the model receives them, for one of ``TEST_SETS``.
+
+    ``clean``: UTKFace's crops as they are; ``degraded``: the degraded test set's copies;
+    ``served``: each face pasted into a photo and cropped by the app's detector and alignment
+    (``agegroup.training.served_crops``; the original crop where the detector missed it).
+    """
+    if test_set not in TEST_SETS:
+        raise ValueError(f"test set must be one of {TEST_SETS}, not {test_set!r}")
     image_dir = utk.image_dir_of(data_dir)
     faces = []
     for sample in samples:
         with Image.open(image_dir / sample.name) as image:
             face = image.convert("RGB")
-        faces.append(degraded_copy(face, sample.name) if degraded else face)
+        if test_set == "degraded":
+            face = degraded_copy(face, sample.name)
+        elif test_set == "served":
+            face = served_crop(face, sample.name) or face
+        faces.append(face)
     return faces
 
 
@@ -187,10 +202,10 @@ def evaluate(
     predictor: Predictor,
     data_dir: Path,
     limit: int | None = None,
-    degraded: bool = True,
+    test_sets: Sequence[str] = ("clean", "degraded"),
     probabilities_out: Path | None = None,
 ) -> dict[str, Any]:
-    """The model on the clean test split and, unless told not to, on its degraded copy.
+    """The model on the clean test split and its other versions (``TEST_SETS``).
 
     ``probabilities_out``: also save the served (flip-averaged) class probabilities there
     (``.npz``, one array per test set), e.g. to measure a mix of two models.
@@ -204,9 +219,9 @@ def evaluate(
     }
     classes = predictor.info.classes
     served: dict[str, np.ndarray] = {}
-    for name in ("clean", "degraded") if degraded else ("clean",):
+    for name in test_sets:
         started = time.perf_counter()
-        plain, flipped = predict_faces(predictor, test_faces(samples, data_dir, name == "degraded"))
+        plain, flipped = predict_faces(predictor, test_faces(samples, data_dir, name))
         served[name] = (plain + flipped) / 2
         results[name] = {
             "seconds": round(time.perf_counter() - started, 1),
@@ -220,7 +235,7 @@ def evaluate(
 
 def summary(results: dict[str, Any]) -> str:
     lines = [f"model {results['model']['name']} {results['model']['version']}"]
-    for test in ("clean", "degraded"):
+    for test in TEST_SETS:
         for key in ("plain", "flip_average") if test in results else ():
             m = results[test][key]
             extra = f" mae={m['age_mae_years']:.2f}y" if "age_mae_years" in m else ""
@@ -247,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
     parser.add_argument("--clean-only", action="store_true", help="skip the degraded test set")
     parser.add_argument(
+        "--served", action="store_true", help="also the test faces as the app crops them"
+    )
+    parser.add_argument(
         "--probabilities", type=Path, help="also save the served probabilities (.npz) here"
     )
     args = parser.parse_args(argv)
@@ -259,7 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         predictor = FastaiPredictor(args.model, args.model.resolve().parent)
         out = args.out or args.model.resolve().parent / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = evaluate(predictor, args.data, args.limit, not args.clean_only, args.probabilities)
+    test_sets = ["clean"] if args.clean_only else ["clean", "degraded"]
+    if args.served:
+        test_sets.append("served")
+    results = evaluate(predictor, args.data, args.limit, test_sets, args.probabilities)
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot_confusion(
         np.array(results["clean"]["flip_average"]["confusion_matrix"]),

@@ -50,6 +50,7 @@ from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agegroup.training import data as utk
 from agegroup.training.degrade import degrade
 from agegroup.training.distill import Distillation, load_teacher_targets
+from agegroup.training.served_crops import served_training_rows
 
 SEED = 42
 
@@ -57,20 +58,29 @@ SEED = 42
 class CachedImages:
     """fastai ``get_x``: an integer item is a row of the decoded cache, anything else an image.
 
-    The cache is not pickled with the exported learner, so ``load_learner`` needs no data and
+    With ``served`` (rows of the same images as the app's face cropper framed them, see
+    ``agegroup.training.served_crops``) a share ``served_share`` of the items come from there.
+    Neither array is pickled with the exported learner, so ``load_learner`` needs no data and
     ``learn.predict`` accepts PIL images, arrays and paths as usual.
     """
 
-    def __init__(self, images: np.ndarray | None) -> None:
+    def __init__(
+        self, images: np.ndarray | None, served: np.ndarray | None = None, served_share: float = 0.0
+    ) -> None:
         self.images = images
+        self.served = served
+        self.served_share = served_share
 
     def __call__(self, item: Any) -> Any:
         if isinstance(item, (int, np.integer)) and self.images is not None:
-            return PILImage.create(self.images[int(item)])
+            source = self.images
+            if self.served is not None and random.random() < self.served_share:
+                source = self.served
+            return PILImage.create(source[int(item)])
         return item
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"images": None}
+        return {"images": None, "served": None, "served_share": 0.0}
 
 
 class CachedLabels:
@@ -236,7 +246,8 @@ class LearnerConfig:
     ``AgeLoss``, whose group term ``group_weight`` weighs). ``min_zoom`` below 1 zooms out too:
     the app's face crops come from detector boxes that vary by about 10% in size and position
     around UTKFace's framing, so training sees faces slightly smaller and larger than UTKFace's
-    own crops. ``degrade_share`` of the training images are corrupted like real uploads.
+    own crops. ``degrade_share`` of the training images are corrupted like real uploads, and
+    ``served_share`` of them are taken from ``served`` (the crops the app itself makes).
     ``weights`` is a local torchvision state_dict for the body; ``pretrained`` fastai's own
     (downloaded) ImageNet weights. ``device`` is where batches go (``cuda`` on a GPU machine,
     with ``workers`` processes preparing them).
@@ -248,6 +259,7 @@ class LearnerConfig:
     label_smoothing: float = 0.1
     min_zoom: float = 0.9
     degrade_share: float = 0.0
+    served_share: float = 0.0
     group_weight: float = 1.0
     bf16: bool = True
     pretrained: bool = False
@@ -263,6 +275,7 @@ def build_learner(
     config: LearnerConfig,
     arch: Callable[..., Any] = resnet50,
     teacher: Distillation | None = None,
+    served: np.ndarray | None = None,
 ) -> Learner:
     """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images.
 
@@ -273,7 +286,10 @@ def build_learner(
     """
     ages = config.vocab == AGE_CLASSES
     blocks: list[Any] = [ImageBlock, CategoryBlock(vocab=list(config.vocab), sort=False)]
-    getters: list[Any] = [CachedImages(images), CachedLabels(labels, config.vocab)]
+    getters: list[Any] = [
+        CachedImages(images, served, config.served_share),
+        CachedLabels(labels, config.vocab),
+    ]
     if teacher is not None:
         blocks.append(TransformBlock())
         getters.append(teacher.getter())
@@ -445,6 +461,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--degrade", type=float, default=0.5, help="share of training images corrupted"
     )
+    parser.add_argument(
+        "--served-crops",
+        type=Path,
+        help="the app's own crops of the same images (agegroup.training.served_crops)",
+    )
+    parser.add_argument(
+        "--served-share", type=float, default=0.5, help="share of training images taken from them"
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
     weights = parser.add_mutually_exclusive_group()
@@ -506,6 +530,10 @@ def main(argv: list[str] | None = None) -> None:
         log_probs = load_teacher_targets(args.teacher, [s.name for s in samples])
         teacher = Distillation(log_probs, args.distill_weight, args.temperature)
         print(f"distilling {args.teacher} (weight {args.distill_weight}, T={args.temperature})")
+    served = None
+    if args.served_crops is not None:
+        served = served_training_rows(args.served_crops, samples, images, valid_idx)
+        print(f"{args.served_share:.0%} of training images from {args.served_crops}")
     config = LearnerConfig(
         size=args.size,
         batch_size=args.bs,
@@ -513,6 +541,7 @@ def main(argv: list[str] | None = None) -> None:
         label_smoothing=args.label_smoothing,
         min_zoom=args.min_zoom,
         degrade_share=args.degrade,
+        served_share=args.served_share if served is not None else 0.0,
         group_weight=args.group_weight,
         bf16=not args.no_bf16,
         pretrained=args.pretrained,
@@ -520,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         workers=args.workers,
     )
-    learn = build_learner(images, buckets, valid_idx, config, teacher=teacher)
+    learn = build_learner(images, buckets, valid_idx, config, teacher=teacher, served=served)
     if args.init is not None:
         load_matching_weights(learn, args.init)
     write_args(args)
@@ -548,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * args.restart_decay**epoch
             learn.fit_one_cycle(1, lr, wd=args.wd, cbs=[logger, Checkpoint(state_file, epoch)])
     print(f"training took {time.time() - started:.0f} s")
-    if teacher is not None or args.targets == "ages" or args.degrade > 0:
+    if teacher is not None or args.targets == "ages" or args.degrade > 0 or served is not None:
         learn = plain_copy(learn, images, buckets, valid_idx, config)
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
