@@ -32,7 +32,12 @@ mkdir -p runs
 train runs/r50_age96_served --served-crops data-cache/utkface_96_served.npz --served-share 0.5 &
 train runs/r50_age96_control &
 wait
+# Calibration and the three test sets, both runs at once; the shipped model on the served set.
 for run in runs/r50_age96_served runs/r50_age96_control; do
-  $PY -m agegroup.training.calibrate "$run/export.pkl"
-  $PY -m agegroup.training.evaluate "$run/export.pkl" --served --out "$run/metrics.json"
+  ( $PY -m agegroup.training.calibrate "$run/export.pkl" &&
+    $PY -m agegroup.training.evaluate "$run/export.pkl" --sets clean degraded served \
+        --out "$run/metrics.json" ) > "$run.eval.log" 2>&1 &
 done
+wait
+[ -f runs/shipped_served.json ] ||
+  $PY -m agegroup.training.evaluate model/export.pkl --sets served --out runs/shipped_served.json

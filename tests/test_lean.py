@@ -292,6 +292,8 @@ def test_render_blueprint_starts_what_the_procfile_starts() -> None:
     assert "requirements-render.txt" in service["buildCommand"]
     env = {item["key"]: str(item["value"]) for item in service["envVars"]}
     assert env["AGE_RUNTIME"] == "onnx"
+    assert env["AGE_ONNX_PRECISION"] == "int8"  # the committed, checked export.int8.onnx
+    assert Settings(onnx_precision="int8").lean_model_path.is_file()
     assert env["WEB_CONCURRENCY"] == "1"
     assert service["healthCheckPath"] == "/healthz"
 
@@ -304,3 +306,19 @@ def test_committed_twin_matches_the_committed_learner() -> None:
     probabilities = predictor.predict([Image.new("RGB", (200, 200))])
     assert probabilities.shape == (1, len(predictor.info.classes))  # 7 groups or 101 ages
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.skipif(not HAS_UTKFACE, reason="needs UTKFace (AGE_UTKFACE_DIR)")
+def test_committed_int8_twin_answers_like_the_float_twin() -> None:
+    from agegroup.ages import to_groups
+    from agegroup.predictor import predict_flip_averaged
+
+    int8 = OnnxPredictor(Settings(onnx_precision="int8").lean_model_path, Settings().model_dir)
+    twin = OnnxPredictor(Settings().lean_model_path, Settings().model_dir)
+    assert int8.precision == "int8" and int8.info == twin.info
+    assert int8.calibration == twin.calibration  # the learner's calibration file, both
+    faces = spread_test_crops(40)
+    ours = to_groups(predict_flip_averaged(int8, faces), int8.info.classes)
+    theirs = to_groups(predict_flip_averaged(twin, faces), twin.info.classes)
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.9
+    assert np.abs(ours - theirs).max() < 0.25

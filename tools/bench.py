@@ -181,8 +181,10 @@ def throughput(
 
 
 def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -> dict[str, float]:
-    """Median time of ``predictor.predict`` (preprocessing + network) for 1 and 5 faces."""
+    """Median time of what the app runs per photo (preprocessing + network, every face with its
+    mirror: ``predict_flip_averaged``) for 1 and 5 faces."""
     from agegroup.factory import load_predictor
+    from agegroup.predictor import predict_flip_averaged
 
     predictor = load_predictor(settings)
 
@@ -196,8 +198,8 @@ def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -
         return round(statistics.median(samples), 2)
 
     return {
-        "one_face_ms": median_ms(lambda: predictor.predict(crops[:1])),
-        "five_faces_ms": median_ms(lambda: predictor.predict(crops[:5])),
+        "one_face_ms": median_ms(lambda: predict_flip_averaged(predictor, crops[:1])),
+        "five_faces_ms": median_ms(lambda: predict_flip_averaged(predictor, crops[:5])),
     }
 
 
@@ -298,13 +300,15 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model.resolve()
-    served = model.with_suffix(".onnx") if args.runtime == "onnx" else model.with_suffix(".pkl")
+    lean = Settings(model_path=model.with_suffix(".pkl"), onnx_precision=args.precision)
+    served = lean.lean_model_path if args.runtime == "onnx" else model.with_suffix(".pkl")
     if not served.is_file():
         raise FileNotFoundError(f"{served} does not exist (see README: model files)")
     crops = spread_test_crops(40, args.data)
     photos = photo_sets(crops, variants=args.variants)
     env = {
         "AGE_RUNTIME": args.runtime,
+        "AGE_ONNX_PRECISION": args.precision,
         "AGE_TORCH_THREADS": str(args.model_threads),
         "WEB_CONCURRENCY": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
@@ -313,6 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "config": {
             "runtime": args.runtime,
+            "precision": args.precision if args.runtime == "onnx" else "float",
             "model": str(served),
             "model_mb": round(served.stat().st_size / 1e6, 1),
             "workers": args.workers,
@@ -358,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_dir=model.parent,
         torch_threads=args.model_threads,
         runtime=args.runtime,
+        onnx_precision=args.precision,
     )
     result["forward"] = forward_ms(settings, crops, args.forward_repeats)
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -420,6 +426,7 @@ def print_stages(args: argparse.Namespace) -> int:
         model_dir=args.model.parent,
         torch_threads=args.model_threads,
         runtime=args.runtime,
+        onnx_precision=args.precision,
     )
     result = {kind: stage_profile(settings, photos[kind]) for kind in ("one", "five")}
     # Levels, second looks and landmarks are parts of "detect (all of it)".
@@ -434,6 +441,12 @@ def print_stages(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=("onnx", "fastai"), default="onnx")
+    parser.add_argument(
+        "--precision",
+        choices=("float", "int8"),
+        default=os.environ.get("AGE_ONNX_PRECISION") or Settings.onnx_precision,
+        help="the onnx runtime's weights (AGE_ONNX_PRECISION)",
+    )
     parser.add_argument(
         "--model",
         type=Path,

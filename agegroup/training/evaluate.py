@@ -260,9 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=None, help="default: metrics.json beside model")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    parser.add_argument("--clean-only", action="store_true", help="skip the degraded test set")
     parser.add_argument(
-        "--served", action="store_true", help="also the test faces as the app crops them"
+        "--sets",
+        nargs="+",
+        choices=TEST_SETS,
+        default=["clean", "degraded"],
+        help="test sets: the crops as they are, degraded, or as the app crops them (served)",
     )
     parser.add_argument(
         "--probabilities", type=Path, help="also save the served probabilities (.npz) here"
@@ -277,18 +280,17 @@ def main(argv: list[str] | None = None) -> None:
         predictor = FastaiPredictor(args.model, args.model.resolve().parent)
         out = args.out or args.model.resolve().parent / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    test_sets = ["clean"] if args.clean_only else ["clean", "degraded"]
-    if args.served:
-        test_sets.append("served")
-    results = evaluate(predictor, args.data, args.limit, test_sets, args.probabilities)
+    results = evaluate(predictor, args.data, args.limit, args.sets, args.probabilities)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    plot_confusion(
-        np.array(results["clean"]["flip_average"]["confusion_matrix"]),
-        out.with_name("confusion.png"),
-        f"{results['model']['name']} (flip-averaged)",
-    )
     print(summary(results))
-    print(f"wrote {out} and {out.with_name('confusion.png')}")
+    print(f"wrote {out}")
+    if "clean" in results:
+        plot_confusion(
+            np.array(results["clean"]["flip_average"]["confusion_matrix"]),
+            out.with_name("confusion.png"),
+            f"{results['model']['name']} (flip-averaged)",
+        )
+        print(f"wrote {out.with_name('confusion.png')}")
 
 
 if __name__ == "__main__":
