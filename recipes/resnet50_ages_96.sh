@@ -14,6 +14,10 @@ INIT=${INIT:-runs/r50_c2_64/export.pkl}
 # Two threads stall each other when anything else runs on a 2-core machine (12 s per batch
 # instead of 3.5 s, measured): one thread is the robust choice there.
 THREADS=${THREADS:-1}
+# BF16=0 on CPUs without AMX / avx512_bf16 (`lscpu | grep -o 'amx[a-z_]*\|avx512_bf16'` prints
+# nothing): there bf16 autocast ran ten times slower than float32 (session 6, AMD EPYC).
+BF16=${BF16:-1}
+NO_BF16=""; [ "$BF16" = 0 ] && NO_BF16="--no-bf16"
 
 # 1. UTKFace decoded once at 96 px (data-cache/utkface_96.npz).
 $PY -m agegroup.training.data --size 96
@@ -23,7 +27,7 @@ $PY -m agegroup.training.data --size 96
 #    distilling age-v1's groups (weight 0.3); one short one-cycle per epoch (warm restarts),
 #    so every epoch's checkpoint is usable. --resume continues an interrupted run.
 RESUME=""; [ -f "$RUN/progress.json" ] && RESUME="--resume"
-OMP_NUM_THREADS=$THREADS $PY -m agegroup.training.train $RESUME --threads "$THREADS" \
+OMP_NUM_THREADS=$THREADS $PY -m agegroup.training.train $RESUME --threads "$THREADS" $NO_BF16 \
     --size 96 --epochs "$EPOCHS" --schedule restarts --restart-decay 0.75 --lr 2e-3 --wd 0.03 \
     --targets ages --degrade 0.5 --init "$INIT" \
     --teacher runs/agev1/ages.npz --distill-weight 0.3 \

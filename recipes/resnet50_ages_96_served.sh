@@ -5,7 +5,7 @@
 # and the same fine-tune without them (the control), both evaluated on the clean, degraded and
 # served test sets. Run from the repository root (both runs at once: one thread each):
 #     EPOCHS=1 bash recipes/resnet50_ages_96_served.sh
-# BF16=0 on CPUs without AMX / avx512_bf16 (there bf16 autocast is ten times slower than fp32).
+# BF16=0 on CPUs without AMX / avx512_bf16 (there bf16 autocast ran ten times slower than fp32).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 EPOCHS=${EPOCHS:-1}
