@@ -300,8 +300,14 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model.resolve()
-    lean = Settings(model_path=model.with_suffix(".pkl"), onnx_precision=args.precision)
-    served = lean.lean_model_path if args.runtime == "onnx" else model.with_suffix(".pkl")
+    settings = Settings(
+        model_path=model.with_suffix(".pkl"),
+        model_dir=model.parent,
+        torch_threads=args.model_threads,
+        runtime=args.runtime,
+        onnx_precision=args.precision,
+    )
+    served = settings.lean_model_path if args.runtime == "onnx" else settings.model_path
     if not served.is_file():
         raise FileNotFoundError(f"{served} does not exist (see README: model files)")
     crops = spread_test_crops(40, args.data)
@@ -358,13 +364,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["errors"] = tally.errors
     result["predictions"] = tally.count
     result["faces_per_photo_seen"] = round(statistics.fmean(tally.faces), 2) if tally.faces else 0
-    settings = Settings(
-        model_path=model.with_suffix(".pkl"),
-        model_dir=model.parent,
-        torch_threads=args.model_threads,
-        runtime=args.runtime,
-        onnx_precision=args.precision,
-    )
     result["forward"] = forward_ms(settings, crops, args.forward_repeats)
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -444,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision",
         choices=("float", "int8"),
-        default=os.environ.get("AGE_ONNX_PRECISION") or Settings.onnx_precision,
+        default=Settings.from_env().onnx_precision,
         help="the onnx runtime's weights (AGE_ONNX_PRECISION)",
     )
     parser.add_argument(

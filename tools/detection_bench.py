@@ -17,7 +17,6 @@ predicted through detect + align + crop and compared with their original crops.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import string
@@ -32,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import FaceDetector, make_detector
+from agegroup.training.degrade import jpeg_round_trip
 
 SIZES = (32, 48, 80, 160, 320)
 CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
@@ -124,11 +124,7 @@ def place(photo: Image.Image, crop: Image.Image, face: Face, rng: np.random.Gene
 
 def as_jpeg(photo: Image.Image, quality: int = 88) -> Image.Image:
     """The photo after a JPEG round trip, as an upload would be."""
-    buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        return image.convert("RGB")
+    return jpeg_round_trip(photo, quality)
 
 
 def face_photos(

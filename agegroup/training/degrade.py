@@ -69,12 +69,17 @@ def _noise(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 
-def _jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
+def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` saved as a JPEG of this quality and decoded again, as an upload would be."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=rng.randint(15, 50))
+    image.save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return decoded.convert("RGB")
+
+
+def _jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
+    return jpeg_round_trip(image, rng.randint(15, 50))
 
 
 # (corruption, probability), applied in this order: colour first, resolution, then the

@@ -84,8 +84,6 @@ def quantize(twin: Path, out: Path, calibration_faces: np.ndarray, size: int) ->
         )
     model = onnx.load(str(out))
     source = onnx.load(str(twin), load_external_data=False)
-    del model.metadata_props[:]
-    model.metadata_props.extend(source.metadata_props)
     onnx.helper.set_model_props(
         model,
         {

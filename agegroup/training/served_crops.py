@@ -18,7 +18,6 @@ the original crop, so a training run can use the array as it is).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import random
 import time
@@ -32,6 +31,7 @@ from PIL import Image
 from agegroup.faces import CROP_SIZE, FaceBox, crop_face, get_detector
 from agegroup.preprocess import RESAMPLE, to_model_input
 from agegroup.training import data as utk
+from agegroup.training.degrade import jpeg_round_trip
 
 PLACEMENT_SEED = 4242
 FACE_SIDES = (64, 200)  # pasted crop side, px
@@ -64,11 +64,7 @@ def placed_photo(face: Image.Image, name: str) -> tuple[Image.Image, tuple[float
     left = rng.randint(0, photo_side - turned.width)
     top = rng.randint(0, photo_side - turned.height)
     photo.paste(turned, (left, top), turned)
-    buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=rng.randint(70, 95))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        photo = decoded.convert("RGB")
+    photo = jpeg_round_trip(photo, rng.randint(70, 95))
     return photo, (left + turned.width / 2, top + turned.height / 2, side)
 
 
