@@ -110,6 +110,11 @@ def degrade(image: Image.Image, rng: random.Random) -> Image.Image:
     return image
 
 
+def rng_for(name: str, seed: int) -> random.Random:
+    """A generator fixed by a file's name and a seed: the same on every run and machine."""
+    return random.Random(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
 def degraded_copy(image: Image.Image, name: str) -> Image.Image:
     """The degraded test set's version of one test file: the same for every run and machine."""
-    return degrade(image, random.Random(TEST_SEED * 1_000_003 + zlib.crc32(name.encode())))
+    return degrade(image, rng_for(name, TEST_SEED))

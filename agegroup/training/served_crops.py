@@ -21,7 +21,6 @@ import argparse
 import math
 import random
 import time
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from PIL import Image
 from agegroup.faces import CROP_SIZE, FaceBox, crop_face, get_detector
 from agegroup.preprocess import RESAMPLE, to_model_input
 from agegroup.training import data as utk
-from agegroup.training.degrade import jpeg_round_trip
+from agegroup.training.degrade import jpeg_round_trip, rng_for
 
 PLACEMENT_SEED = 4242
 FACE_SIDES = (64, 200)  # pasted crop side, px
@@ -53,7 +52,7 @@ def _background(side: int, rng: random.Random) -> Image.Image:
 
 def placed_photo(face: Image.Image, name: str) -> tuple[Image.Image, tuple[float, float, int]]:
     """The photo holding ``face`` for file ``name`` (fixed by the name), and where it went."""
-    rng = random.Random(PLACEMENT_SEED * 1_000_003 + zlib.crc32(name.encode()))
+    rng = rng_for(name, PLACEMENT_SEED)
     side = rng.randint(*FACE_SIDES)
     degrees = rng.uniform(-MAX_DEGREES, MAX_DEGREES)
     reach = side * (abs(math.cos(math.radians(degrees))) + abs(math.sin(math.radians(degrees))))
