@@ -145,6 +145,11 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
     assert sorted(names) == sorted(s.name for s in samples)  # the training split, never test
     assert log_probs.shape == (len(names), len(BUCKETS))
     assert np.allclose(np.exp(log_probs).sum(axis=1), 1.0, atol=1e-4)
+    # By default the teacher learns what the served network learns: ages, half of them from
+    # corrupted images; its export is plain (no corruption step) and its ages sum into groups.
+    exported_teacher = load_learner(run / "export.pkl", cpu=True)
+    assert tuple(exported_teacher.dls.vocab) == AGE_CLASSES
+    assert not any(type(t).__name__ == "Degrade" for t in exported_teacher.dls.after_item.fs)
 
     out = tmp_path / "student.pkl"
     train_main(

