@@ -19,6 +19,11 @@ the search saw only faintly at the finest level is judged again from the photo's
 detectors and ``python -m tools.bench --stages`` the CPU time of each step (README "Face
 detection", "Benchmark").
 
+Grey and sepia photos (old scans). BlazeFace learned from colour photos and scores faces in a
+photo without colour much lower, so it misses many of them; HOG reads only gradients and is
+not affected. A photo whose colours are all one tint (``is_colourless``) is therefore searched
+by both, and HOG's faces that BlazeFace did not find are added (README, "Face detection").
+
 Framing. UTKFace's crops are aligned by the eyes: on about 300 training crops the eye line
 is level (standard deviation 2.1 degrees) and dlib's 5-point landmarks sit within a few
 pixels of the same places (``LANDMARK_TEMPLATE``). So each face is cropped by the similarity
@@ -125,6 +130,12 @@ VERIFY_INPUT = 128
 # At most this many candidates go into the suppression step (a photo of many faces, or of
 # face-like patterns, stays cheap).
 MAX_CANDIDATES = 400
+# A photo is colourless (grey, or grey in one tint such as sepia) when every channel of a small
+# copy is, within this many levels (root mean square, of 255), a straight-line function of its
+# brightness. Measured: grey and sepia copies of the benchmark photos 0-0.4; colour photos 20
+# and more; UTKFace's colour crops 3.6 and more (5th percentile 4.6).
+COLOURLESS_RESIDUAL = 2.5
+COLOUR_PROBE_SIDE = 64
 
 Point = tuple[float, float]
 
@@ -191,8 +202,9 @@ class FaceDetector:
 
     ``kind`` is ``"blazeface"`` or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own keypoints
     align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point model) is used
-    instead when given, and is what aligns HOG's faces. Made once per process (the app keeps
-    one; scripts use ``get_detector``).
+    instead when given, and is what aligns HOG's faces. ``hog_on_colourless``: BlazeFace's
+    search of a colourless photo is joined by HOG's (off only to measure what that adds). Made
+    once per process (the app keeps one; scripts use ``get_detector``).
     """
 
     def __init__(
@@ -203,6 +215,7 @@ class FaceDetector:
         keypoints: bool = True,
         threads: int = 1,
         detect_pixels: int = DETECT_PIXELS,
+        hog_on_colourless: bool = True,
     ) -> None:
         import dlib
 
@@ -215,8 +228,8 @@ class FaceDetector:
             from agegroup.blazeface import BlazeFace
 
             self._blaze = BlazeFace(threads=threads)
-        else:
-            self._detector = dlib.get_frontal_face_detector()
+        # HOG is the detector of ``hog``, and BlazeFace's partner on colourless photos.
+        self._detector = dlib.get_frontal_face_detector()
         self._keypoints = keypoints and kind == "blazeface"
         self._shape_predictor: Any = None
         if landmarks is not None:
@@ -226,6 +239,7 @@ class FaceDetector:
             self._keypoints = False
         self._detect_side = detect_side
         self._detect_pixels = detect_pixels
+        self._hog_on_colourless = hog_on_colourless
         # The dlib objects are shared by the server's threads; one detection at a time.
         self._lock = threading.Lock()
         self._search_lock = threading.Lock()
@@ -235,16 +249,24 @@ class FaceDetector:
         return self._shape_predictor is not None or self._keypoints
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
-        """All faces in ``image`` (any size), boxes in its own pixels, best score first."""
+        """All faces in ``image`` (any size), boxes in its own pixels, best score first.
+
+        With BlazeFace, a colourless photo is searched by HOG too; the faces only HOG found
+        follow BlazeFace's (the two detectors' scores are not on one scale).
+        """
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        if self._blaze is not None:
-            # One search at a time: each holds tens of MB of activations, and the server's
-            # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
-            with self._search_lock:
-                boxes = self._detect_blaze(rgb)
-        else:
-            boxes = self._detect_hog(rgb)
-        return sorted(boxes, key=lambda b: -b.score)
+        if self._blaze is None:
+            return sorted(self._detect_hog(rgb), key=lambda b: -b.score)
+        # One search at a time: each holds tens of MB of activations, and the server's
+        # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
+        with self._search_lock:
+            boxes = sorted(self._detect_blaze(rgb), key=lambda b: -b.score)
+            if self._hog_on_colourless and is_colourless(rgb):
+                more = [
+                    h for h in self._detect_hog(rgb) if not any(_same_face(h, b) for b in boxes)
+                ]
+                boxes += sorted(more, key=lambda b: -b.score)
+        return boxes
 
     def _detect_hog(self, rgb: Image.Image) -> list[FaceBox]:
         factor = min(self._detect_side / max(rgb.size), MAX_UPSCALE)
@@ -394,6 +416,30 @@ class FaceDetector:
         half = (hits.boxes[best, 2:] - hits.boxes[best, :2]) * f / 2
         points = hits.keypoints[best] @ affine[:, :2].T + affine[:, 2]
         return float(hits.scores[best]), np.concatenate([centre - half, centre + half]), points
+
+
+def is_colourless(image: Image.Image) -> bool:
+    """Whether ``image`` is grey or one tint of grey (sepia, a cyanotype, a yellowed scan)."""
+    probe = image.convert("RGB").resize(
+        (COLOUR_PROBE_SIDE, COLOUR_PROBE_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
+    pixels = np.asarray(probe, dtype=np.float64).reshape(-1, 3)
+    brightness = np.column_stack([pixels.mean(axis=1), np.ones(len(pixels))])
+    fit, *_ = np.linalg.lstsq(brightness, pixels, rcond=None)
+    residual = math.sqrt(float(((pixels - brightness @ fit) ** 2).mean()))
+    return residual < COLOURLESS_RESIDUAL
+
+
+def _same_face(a: FaceBox, b: FaceBox) -> bool:
+    """Whether either box's centre lies inside the other box."""
+
+    def inside(p: FaceBox, q: FaceBox) -> bool:
+        return (
+            abs(p.x + p.w / 2 - (q.x + q.w / 2)) < q.w / 2
+            and abs(p.y + p.h / 2 - (q.y + q.h / 2)) < q.h / 2
+        )
+
+    return inside(a, b) or inside(b, a)
 
 
 def _utk_box(box: np.ndarray, score: float, keypoints: np.ndarray) -> FaceBox:

@@ -26,6 +26,7 @@ from agegroup.faces import (
     crop_face,
     crop_region,
     get_detector,
+    is_colourless,
     landmark_model_path,
     make_detector,
     select_faces,
@@ -440,6 +441,34 @@ def test_photo_full_of_faces_stays_within_limits(client, utk_like: Image.Image) 
     assert "faces were found" in body["warnings"][0]
 
 
+def sepia(image: Image.Image) -> Image.Image:
+    grey = np.asarray(image.convert("L"), dtype=np.float32)[..., None]
+    return Image.fromarray(np.clip(grey * (1.0, 0.85, 0.68), 0, 255).astype(np.uint8))
+
+
+def test_grey_and_sepia_photos_are_colourless_and_colour_photos_are_not(
+    grace: Image.Image, utk_like: Image.Image
+) -> None:
+    assert is_colourless(grace.convert("L").convert("RGB")) and is_colourless(grace.convert("L"))
+    assert is_colourless(sepia(grace)) and is_colourless(sepia(colour_clutter(640, 480)))
+    assert not is_colourless(grace) and not is_colourless(utk_like)
+    assert not is_colourless(colour_clutter(640, 480))
+
+
+def test_a_colourless_photo_is_searched_by_hog_too(grace: Image.Image) -> None:
+    """In a grey copy of this photo BlazeFace misses Grace Hopper's face; HOG finds it."""
+    photo = colour_clutter(1200, 800, seed=0)
+    photo.paste(grace.resize((170, 199), Image.Resampling.BILINEAR), (400, 150))
+    grey = photo.convert("L").convert("RGB")
+    detector = get_detector()
+    where = tuple(400 * (i == 0) + 150 * (i == 1) + v * 170 / 512 for i, v in enumerate(GRACE_FACE))
+    [found] = detector.detect(photo)  # in colour, BlazeFace finds her
+    assert iou(as_xywh(found), where) > 0.5
+    assert detector._detect_blaze(grey) == []  # noqa: SLF001  (in grey it does not...)
+    [found] = detector.detect(grey)  # ... and HOG does
+    assert iou(as_xywh(found), where) > 0.5 and found.landmarks is not None
+
+
 def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
     tmp_path: Path,
 ) -> None:
@@ -456,4 +485,9 @@ def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
     assert set(result["recall_by_size"]) == {"32", "48", "80", "160", "320"}
     assert result["recall_by_size"]["160"] == 1.0 and result["recall_by_size"]["320"] == 1.0
     assert result["false_faces_per_100_faceless"] == 0
+    # The same photos wholly grey (an old scan): measured and reported beside the colour ones.
+    assert set(result["grey"]["recall_by_size"]) == set(result["recall_by_size"])
+    assert result["grey"]["recall_48px_and_up"] >= 0.5
+    assert result["grey"]["false_faces_per_100_faceless"] == 0
+    assert "whole photo grey" in detection_bench.markdown(report)
     assert report["accuracy"]["blazeface"]["faces"] == 3

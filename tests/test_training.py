@@ -190,3 +190,37 @@ def test_the_age_loss_rewards_the_labelled_age_and_its_group_and_distils_the_tea
     assert torch.allclose(distilling(peaked_at(34), target, agreeing), 0.5 * right, atol=1e-5)
     disagreeing = torch.log_softmax(torch.tensor([[0.0, 0, 0, 0, 0, 0, 9.0]]), dim=1)
     assert distilling(peaked_at(34), target, disagreeing) > 0.5 * right + 1.0
+
+
+def test_a_mix_of_saved_probabilities_is_scored_with_the_weights_it_is_given(tmp_path):
+    from agegroup.training.mix import main as mix_main
+    from agegroup.training.mix import mix
+
+    data = _synthetic_utkface(tmp_path)
+    test = [s for s in list_samples(data) if s.is_test]
+    names = np.array([s.name for s in test])
+    # An age model that is always right, and a group model that is always one group off.
+    right = np.zeros((len(test), len(AGE_CLASSES)))
+    right[np.arange(len(test)), [min(s.age, 100) for s in test]] = 1.0
+    wrong = np.zeros((len(test), len(BUCKETS)))
+    wrong[np.arange(len(test)), [s.bucket + 1 if s.bucket < 6 else 5 for s in test]] = 1.0
+    for name, probs, classes in (("right", right, AGE_CLASSES), ("wrong", wrong, BUCKETS)):
+        np.savez(tmp_path / f"{name}.npz", names=names, classes=np.array(classes), clean=probs)
+
+    mostly_right = mix([(tmp_path / "right.npz", 0.7), (tmp_path / "wrong.npz", 0.3)], data)
+    mostly_wrong = mix([(tmp_path / "right.npz", 1.0), (tmp_path / "wrong.npz", 3.0)], data)
+    assert mostly_right["clean"]["accuracy"] == 1.0 and mostly_right["clean"]["n"] == len(test)
+    assert mostly_wrong["clean"]["accuracy"] == 0.0
+    assert mostly_wrong["clean"]["within_one_bucket"] == 1.0
+    assert set(mostly_right) == {"parts", "clean"}  # only the sets the files hold
+
+    # Files of other images, or without their classes, are refused with a message, not mixed.
+    np.savez(tmp_path / "other.npz", names=names[::-1], classes=np.array(BUCKETS), clean=wrong)
+    np.savez(tmp_path / "bare.npz", names=names, clean=wrong)
+    for bad in ("other.npz", "bare.npz"):
+        try:
+            mix_main([str(tmp_path / "right.npz"), str(tmp_path / bad), "--data", str(data)])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"{bad} was mixed")

@@ -10,8 +10,10 @@ side of the pasted 200 x 200 crop), turned by up to 30 degrees either way, plain
 darkened or partly covered, one to four per photo, saved as JPEG. Faceless photos (textures,
 terrain maps, text, drawings and charts rendered with Pillow and matplotlib, matplotlib's
 sample photos) count false faces. Every detector runs on the same photos; each is timed per
-photo. With the shipped ONNX model, faces pasted alone (80-320 px, turned as above) are also
-predicted through detect + align + crop and compared with their original crops.
+photo. The same photos are measured again turned wholly grey (an old black-and-white scan):
+detectors trained on colour photos find fewer faces there. With the shipped ONNX model, faces
+pasted alone (80-320 px, turned as above) are also predicted through detect + align + crop and
+compared with their original crops.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from agegroup.config import UTKFACE_DIR, Settings
-from agegroup.faces import FaceDetector, make_detector
+from agegroup.faces import FaceDetector, landmark_model_path, make_detector
 from agegroup.training.degrade import jpeg_round_trip
 
 SIZES = (32, 48, 80, 160, 320)
 CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
 PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
 ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
-DETECTORS = ("blazeface", "blazeface+keypoints", "hog")
+DETECTORS = ("blazeface", "blazeface-without-hog", "blazeface+keypoints", "hog")
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,11 @@ def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
     for name in names:
         if name == "blazeface":
             made[name] = make_detector("blazeface", "auto", threads)
+        elif name == "blazeface-without-hog":  # colourless photos searched by BlazeFace alone
+            path = landmark_model_path("auto")
+            made[name] = FaceDetector(
+                landmarks=path, keypoints=path is None, threads=threads, hog_on_colourless=False
+            )
         elif name == "blazeface+keypoints":
             made[name] = make_detector("blazeface", "keypoints", threads)
         elif name == "hog":
@@ -361,6 +368,30 @@ def measure_detection(detector: FaceDetector, photos: list, faceless: list) -> d
         "ms_per_photo_p50": round(float(np.percentile(times, 50)), 1),
         "ms_per_photo_p95": round(float(np.percentile(times, 95)), 1),
     }
+
+
+def grey_copy(photo: Image.Image) -> Image.Image:
+    """The photo as a black-and-white scan of it would arrive: grey, saved as JPEG."""
+    return as_jpeg(photo.convert("L").convert("RGB"))
+
+
+GREY_KEYS = (
+    "recall_by_size",
+    "recall_48px_and_up",
+    "false_faces_per_100_faceless",
+    "ms_per_photo_p50",
+    "ms_per_photo_p95",
+)
+
+
+def measure_grey(detector: FaceDetector, photos: list, faceless: list) -> dict[str, Any]:
+    """``measure_detection``'s main figures on wholly grey copies of the same photos."""
+    measured = measure_detection(
+        detector,
+        [(grey_copy(photo), faces) for photo, faces in photos],
+        [(kind, grey_copy(photo)) for kind, photo in faceless],
+    )
+    return {key: measured[key] for key in GREY_KEYS}
 
 
 def measure_accuracy(
@@ -493,6 +524,24 @@ def markdown(report: dict[str, Any]) -> str:
             lambda d: f"{d['ms_per_photo_p50']:.0f} / {d['ms_per_photo_p95']:.0f}",
         )
     )
+    rows += [
+        (
+            "whole photo grey: recall, 32 / 48 / 80 / 160 / 320 px",
+            lambda d: " / ".join(_share(d["grey"]["recall_by_size"][str(s)]) for s in SIZES),
+        ),
+        (
+            "whole photo grey: recall, 48 px and up",
+            lambda d: _share(d["grey"]["recall_48px_and_up"]),
+        ),
+        (
+            "whole photo grey: false faces per 100 faceless photos",
+            lambda d: f"{d['grey']['false_faces_per_100_faceless']:.1f}",
+        ),
+        (
+            "whole photo grey: detection ms per photo, p50 / p95",
+            lambda d: f"{d['grey']['ms_per_photo_p50']:.0f} / {d['grey']['ms_per_photo_p95']:.0f}",
+        ),
+    ]
     lines = ["| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, cell in rows:
         lines.append(
@@ -548,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"photos": len(photos), "faceless": len(faceless), "detection": {}}
     for name, detector in made.items():
         report["detection"][name] = measure_detection(detector, photos, faceless)
+        report["detection"][name]["grey"] = measure_grey(detector, photos, faceless)
         print(name, json.dumps(report["detection"][name]), flush=True)
     if args.accuracy:
         from agegroup.onnx_runtime import OnnxPredictor

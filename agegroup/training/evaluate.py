@@ -208,7 +208,8 @@ def evaluate(
     """The model on the clean test split and its other versions (``TEST_SETS``).
 
     ``probabilities_out``: also save the served (flip-averaged) class probabilities there
-    (``.npz``, one array per test set), e.g. to measure a mix of two models.
+    (``.npz``: one array per test set, the image ``names`` and the model's ``classes``), to
+    measure a mix of models (``agegroup.training.mix``).
     """
     samples = [s for s in utk.list_samples(data_dir) if s.is_test][:limit]
     results: dict[str, Any] = {
@@ -229,7 +230,12 @@ def evaluate(
             "flip_average": score(samples, served[name], classes),
         }
     if probabilities_out is not None:
-        np.savez(probabilities_out, names=np.array([s.name for s in samples]), **served)
+        np.savez(
+            probabilities_out,
+            names=np.array([s.name for s in samples]),
+            classes=np.array(classes),
+            **served,
+        )
     return results
 
 
