@@ -132,8 +132,9 @@ VERIFY_INPUT = 128
 MAX_CANDIDATES = 400
 # A photo is colourless (grey, or grey in one tint such as sepia) when every channel of a copy
 # shrunk to about COLOUR_PROBE_SIDE px is, within this many levels (root mean square, of 255), a
-# straight-line function of its brightness. Measured: grey and sepia copies of the benchmark photos 0-0.4; colour photos 20
-# and more; UTKFace's colour crops 3.6 and more (5th percentile 4.2).
+# straight-line function of its brightness. Measured: grey and sepia copies of the benchmark
+# photos 0-0.5; colour photos 20 and more; UTKFace's colour crops 3.6 and more (5th percentile
+# 4.2).
 COLOURLESS_RESIDUAL = 2.5
 COLOUR_PROBE_SIDE = 64
 
