@@ -257,19 +257,19 @@ class FaceDetector:
         """
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._blaze is None:
-            return sorted(self._detect_hog(rgb), key=lambda b: -b.score)
+            return sorted(self._with_landmarks(rgb, self._hog_boxes(rgb)), key=lambda b: -b.score)
         # One search at a time: each holds tens of MB of activations, and the server's
         # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
         with self._search_lock:
             boxes = sorted(self._detect_blaze(rgb), key=lambda b: -b.score)
             if self._hog_on_colourless and is_colourless(rgb):
-                more = [
-                    h for h in self._detect_hog(rgb) if not any(_same_face(h, b) for b in boxes)
-                ]
-                boxes += sorted(more, key=lambda b: -b.score)
+                # Landmarks only for the faces HOG adds, not for those BlazeFace found.
+                more = [h for h in self._hog_boxes(rgb) if not any(_same_face(h, b) for b in boxes)]
+                boxes += sorted(self._with_landmarks(rgb, more), key=lambda b: -b.score)
         return boxes
 
-    def _detect_hog(self, rgb: Image.Image) -> list[FaceBox]:
+    def _hog_boxes(self, rgb: Image.Image) -> list[FaceBox]:
+        """HOG's faces, without landmarks; small ones only when HOG is fairly sure."""
         factor = min(self._detect_side / max(rgb.size), MAX_UPSCALE)
         size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
         work = np.asarray(rgb.resize(size, RESAMPLE, reducing_gap=2.0))
@@ -285,7 +285,6 @@ class FaceDetector:
             )
             for r, s in zip(rects, scores, strict=True)
         ]
-        boxes = self._with_landmarks(rgb, boxes)
         return [b for b in boxes if not b.low_resolution or b.score >= SMALL_FACE_MIN_SCORE]
 
     def _with_landmarks(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
@@ -421,7 +420,7 @@ class FaceDetector:
 
 def is_colourless(image: Image.Image) -> bool:
     """Whether ``image`` is grey or one tint of grey (sepia, a cyanotype, a yellowed scan)."""
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     # Block averages (cheap), so that a grey scan's pixel noise does not read as colour.
     probe = rgb.reduce(max(1, max(rgb.size) // COLOUR_PROBE_SIDE))
     pixels = np.asarray(probe, dtype=np.float64).reshape(-1, 3)
@@ -466,20 +465,23 @@ def get_detector() -> FaceDetector:
     return make_detector(DEFAULT_DETECTOR, "auto")
 
 
-def make_detector(kind: str, landmarks: str = "auto", threads: int = 1) -> FaceDetector:
+def make_detector(
+    kind: str, landmarks: str = "auto", threads: int = 1, hog_on_colourless: bool = True
+) -> FaceDetector:
     """The detector ``AGE_FACE_DETECTOR`` and ``AGE_FACE_LANDMARKS`` ask for.
 
     ``auto`` aligns faces by dlib's packaged 5-point model, found on either detector's boxes
     (on Grace Hopper's face turned 20 degrees, its aligned crop is twice as close to the
     upright one as with BlazeFace's keypoints), and by BlazeFace's keypoints when that model
     is not installed; ``keypoints`` asks for BlazeFace's keypoints; ``off`` crops by the box;
-    a path names another dlib 5-point model.
+    a path names another dlib 5-point model. ``hog_on_colourless``: see ``FaceDetector``.
     """
     setting = landmarks.strip().lower()
+    options: dict[str, Any] = {"threads": threads, "hog_on_colourless": hog_on_colourless}
     if kind == "blazeface" and setting in ("keypoints", "off"):
-        return FaceDetector(kind=kind, keypoints=setting == "keypoints", threads=threads)
+        return FaceDetector(kind=kind, keypoints=setting == "keypoints", **options)
     path = landmark_model_path(landmarks)
-    return FaceDetector(kind=kind, landmarks=path, keypoints=path is None, threads=threads)
+    return FaceDetector(kind=kind, landmarks=path, keypoints=path is None, **options)
 
 
 def select_faces(boxes: list[FaceBox], limit: int = MAX_FACES) -> list[FaceBox]:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from agegroup.config import UTKFACE_DIR, Settings
-from agegroup.faces import FaceDetector, landmark_model_path, make_detector
+from agegroup.faces import FaceDetector, make_detector
 from agegroup.training.degrade import jpeg_round_trip
 
 SIZES = (32, 48, 80, 160, 320)
@@ -311,10 +311,7 @@ def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
         if name == "blazeface":
             made[name] = make_detector("blazeface", "auto", threads)
         elif name == "blazeface-without-hog":  # colourless photos searched by BlazeFace alone
-            path = landmark_model_path("auto")
-            made[name] = FaceDetector(
-                landmarks=path, keypoints=path is None, threads=threads, hog_on_colourless=False
-            )
+            made[name] = make_detector("blazeface", "auto", threads, hog_on_colourless=False)
         elif name == "blazeface+keypoints":
             made[name] = make_detector("blazeface", "keypoints", threads)
         elif name == "hog":
@@ -384,13 +381,17 @@ GREY_KEYS = (
 )
 
 
-def measure_grey(detector: FaceDetector, photos: list, faceless: list) -> dict[str, Any]:
-    """``measure_detection``'s main figures on wholly grey copies of the same photos."""
-    measured = measure_detection(
-        detector,
+def grey_copies(photos: list, faceless: list) -> tuple[list, list]:
+    """Wholly grey copies of the face photos and of the faceless ones (made once per run)."""
+    return (
         [(grey_copy(photo), faces) for photo, faces in photos],
         [(kind, grey_copy(photo)) for kind, photo in faceless],
     )
+
+
+def measure_grey(detector: FaceDetector, grey_photos: list, grey_faceless: list) -> dict[str, Any]:
+    """``measure_detection``'s main figures on the grey copies (``grey_copies``)."""
+    measured = measure_detection(detector, grey_photos, grey_faceless)
     return {key: measured[key] for key in GREY_KEYS}
 
 
@@ -595,9 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detection_bench: {exc}", file=sys.stderr)
         return 2
     report: dict[str, Any] = {"photos": len(photos), "faceless": len(faceless), "detection": {}}
+    grey_photos, grey_faceless = grey_copies(photos, faceless)
     for name, detector in made.items():
         report["detection"][name] = measure_detection(detector, photos, faceless)
-        report["detection"][name]["grey"] = measure_grey(detector, photos, faceless)
+        report["detection"][name]["grey"] = measure_grey(detector, grey_photos, grey_faceless)
         print(name, json.dumps(report["detection"][name]), flush=True)
     if args.accuracy:
         from agegroup.onnx_runtime import OnnxPredictor

@@ -30,13 +30,14 @@ from fastai.vision.core import imagenet_stats
 from fastai.vision.learner import default_split, model_meta
 from PIL import Image
 
-from agegroup.ages import AGE_CLASSES, clamp_age, to_groups
+from agegroup.ages import to_groups
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, predict_flip_averaged
 from agegroup.training.train import (
     LearnerConfig,
     add_common_arguments,
     build_learner,
+    class_labels,
     export_learner,
     plain_copy,
     seed_everything,
@@ -94,12 +95,11 @@ def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[s
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     images, samples, valid_idx = training_split(args.data, args.size, args.cache)
-    ages = args.targets == "ages"
-    labels = [clamp_age(s.age) if ages else s.bucket for s in samples]
+    vocab, labels = class_labels(samples, args.targets)
     config = LearnerConfig(
         args.size,
         args.bs,
-        vocab=AGE_CLASSES if ages else BUCKETS,
+        vocab=vocab,
         pretrained=not args.no_pretrained,
         min_zoom=args.min_zoom,
         degrade_share=args.degrade,
@@ -119,7 +119,9 @@ def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[s
         learn.unfreeze()
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, cbs=[logger])
     print(f"teacher training took {time.time() - started:.0f} s")
-    if ages or args.degrade > 0:  # an exported file that needs nothing of training to load
+    if (
+        vocab != BUCKETS or args.degrade > 0
+    ):  # an exported file that needs nothing of training to load
         learn = plain_copy(learn, images, labels, valid_idx, config, arch=mobilenet_v2)
     return learn, images, [s.name for s in samples]
 
@@ -130,12 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_common_arguments(parser, size=128, epochs=6, lr=2e-3)
     parser.add_argument("--freeze-epochs", type=int, default=1, help="head only, first")
-    parser.add_argument(
-        "--targets", choices=("ages", "groups"), default="ages", help="what the network predicts"
-    )
-    parser.add_argument("--degrade", type=float, default=0.5, help="share of corrupted images")
-    parser.add_argument("--no-bf16", action="store_true", help="float32 (CPUs without AMX)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(
         "--no-pretrained", action="store_true", help="random initial weights (tests only)"
     )

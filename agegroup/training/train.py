@@ -435,6 +435,21 @@ def add_common_arguments(
         "--min-zoom", type=float, default=0.9, help="below 1: zoom out too (serving-crop jitter)"
     )
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--targets", choices=("ages", "groups"), default="ages", help="what the network predicts"
+    )
+    parser.add_argument(
+        "--degrade", type=float, default=0.5, help="share of training images corrupted"
+    )
+    parser.add_argument("--no-bf16", action="store_true", help="float32 (CPUs without AMX)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+
+
+def class_labels(samples: list[utk.Sample], targets: str) -> tuple[tuple[str, ...], list[int]]:
+    """The classes a network learns (``targets``: ages or groups) and each sample's index."""
+    if targets == "ages":
+        return AGE_CLASSES, [clamp_age(s.age) for s in samples]
+    return BUCKETS, [s.bucket for s in samples]
 
 
 def write_args(args: argparse.Namespace) -> None:
@@ -453,13 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_common_arguments(parser, size=64, epochs=12, lr=3e-3)
     parser.add_argument(
-        "--targets", choices=("ages", "groups"), default="ages", help="what the network predicts"
-    )
-    parser.add_argument(
         "--group-weight", type=float, default=1.0, help="weight of the group loss (ages only)"
-    )
-    parser.add_argument(
-        "--degrade", type=float, default=0.5, help="share of training images corrupted"
     )
     parser.add_argument(
         "--served-crops",
@@ -501,10 +510,8 @@ def main(argv: list[str] | None = None) -> None:
         " restarts: every epoch's checkpoint is annealed, so a run can stop at any epoch)",
     )
     parser.add_argument("--restart-decay", type=float, default=0.7, help="peak lr factor per epoch")
-    parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/resnet50"))
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: a GPU if any"
     )
@@ -522,8 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     images, samples, valid_idx = training_split(
         args.data, args.size, args.cache, args.valid_fraction
     )
-    vocab = AGE_CLASSES if args.targets == "ages" else BUCKETS
-    buckets = [clamp_age(s.age) if args.targets == "ages" else s.bucket for s in samples]
+    vocab, buckets = class_labels(samples, args.targets)
     print(f"train {len(images) - len(valid_idx)}  valid {len(valid_idx)}  size {args.size}")
     teacher = None
     if args.teacher is not None:
