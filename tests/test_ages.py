@@ -1,5 +1,5 @@
 """Ages: groups as sums over the age distribution, the estimate and its interval, calibration
-written into the last layer, and the corruptions of the degraded test set."""
+written into the last layer, the corruptions of the degraded test set and the tight framing."""
 
 from __future__ import annotations
 
@@ -77,6 +77,29 @@ def test_the_degraded_copy_of_a_file_is_fixed_by_its_name_whatever_the_random_st
     for seed in range(30):
         out = degrade(small, random.Random(seed))
         assert out.size == (96, 96) and out.mode == "RGB"
+
+
+def test_a_tight_framing_keeps_the_middle_of_the_crop_and_repeats_its_edges_past_it():
+    from agegroup.training.degrade import tight_copy, tight_framing
+
+    noise = np.random.default_rng(3).integers(0, 256, (96, 96, 3), np.uint8)
+    face = Image.fromarray(noise)
+    for seed in range(20):
+        out = np.asarray(tight_framing(face, random.Random(seed)))
+        assert out.shape == (96, 96, 3)
+        kept = (out == noise).all(axis=2)  # the part still the photo (noise repeats nowhere)
+        rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        assert kept[top:bottom, left:right].all() and kept.sum() == (bottom - top) ** 2
+        assert 0.5 * 96 - 1 <= bottom - top <= 0.9 * 96 + 1 and bottom - top == right - left
+        assert abs((top + bottom) / 2 - 48) <= 0.04 * 96 + 1  # about the crop's centre
+        assert (out[:top, left:right] == out[top, left:right]).all()  # above: its first row
+        assert (out[bottom:, left:right] == out[bottom - 1, left:right]).all()
+        assert (out[top:bottom, :left] == out[top:bottom, left : left + 1]).all()
+        assert (out[top:bottom, right:] == out[top:bottom, right - 1 : right]).all()
+    name = "34_0_1_2017.jpg.chip.jpg"
+    assert np.array_equal(np.asarray(tight_copy(face, name)), np.asarray(tight_copy(face, name)))
+    assert not np.array_equal(np.asarray(tight_copy(face, name)), np.asarray(tight_copy(face, "x")))
 
 
 def test_calibration_picks_a_prior_correction_for_a_biased_model():

@@ -74,6 +74,8 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
         "2",
         "--schedule",
         "restarts",  # one short one-cycle per epoch (the distillation test covers one-cycle)
+        "--tight",
+        "0.5",  # half the images framed like photos that end close around the face
         "--bs",
         "16",
         "--run-dir",
@@ -86,6 +88,7 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
     assert list(load_learner(tmp_path / "m.pkl", cpu=True).dls.vocab) == list(AGE_CLASSES)
     saved = json.loads((run / "args.json").read_text())
     assert saved["targets"] == "ages" and saved["size"] == 32 and saved["epochs"] == 2
+    assert saved["tight"] == 0.5
 
     # Pretend the run stopped after its first epoch: --resume runs only the second one.
     (run / "progress.json").write_text(json.dumps({"epochs_done": 1}))

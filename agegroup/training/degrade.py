@@ -23,6 +23,8 @@ from agegroup.preprocess import RESAMPLE
 
 # The degraded test set's seed: one fixed mix of corruptions per file name.
 TEST_SEED = 2026
+# The tight test set's seed: one fixed framing per file name (``tight_copy``).
+TIGHT_SEED = 2027
 SEPIA = ((0.393, 0.769, 0.189), (0.349, 0.686, 0.168), (0.272, 0.534, 0.131))
 
 
@@ -110,6 +112,25 @@ def degrade(image: Image.Image, rng: random.Random) -> Image.Image:
     return image
 
 
+def tight_framing(image: Image.Image, rng: random.Random) -> Image.Image:
+    """The crop the app makes of a face whose photo ends close around it (a portrait, or a face
+    already cut out, as age datasets cut them): only the middle 50-90% of the crop's side (its
+    centre moved by up to 4% of the side) is photo, and past it the crop repeats the photo's
+    edges, as ``agegroup.faces.region_with_edges`` makes it at serving time."""
+    from agegroup.faces import region_with_edges
+
+    image = image.convert("RGB")
+    side = image.width
+    inner = max(2, round(side * rng.uniform(0.5, 0.9)))
+    reach = round(0.04 * side)
+    left, top = (
+        min(max((side - inner) // 2 + rng.randint(-reach, reach), 0), side - inner)
+        for _ in range(2)
+    )
+    photo = image.crop((left, top, left + inner, top + inner))
+    return region_with_edges(photo, (-left, -top, side - left, image.height - top))
+
+
 def rng_for(name: str, seed: int) -> random.Random:
     """A generator fixed by a file's name and a seed: the same on every run and machine."""
     return random.Random(seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -118,3 +139,8 @@ def rng_for(name: str, seed: int) -> random.Random:
 def degraded_copy(image: Image.Image, name: str) -> Image.Image:
     """The degraded test set's version of one test file: the same for every run and machine."""
     return degrade(image, rng_for(name, TEST_SEED))
+
+
+def tight_copy(image: Image.Image, name: str) -> Image.Image:
+    """The tight test set's version of one test file (``tight_framing``, fixed per file)."""
+    return tight_framing(image, rng_for(name, TIGHT_SEED))

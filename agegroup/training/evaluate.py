@@ -27,7 +27,7 @@ from agegroup.ages import clamp_age, estimate_ages, to_groups
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, Predictor, mirrored
 from agegroup.training import data as utk
-from agegroup.training.degrade import degraded_copy
+from agegroup.training.degrade import degraded_copy, tight_copy
 from agegroup.training.served_crops import served_crop
 
 
@@ -113,7 +113,7 @@ def expected_calibration_error(
     return float(gap)
 
 
-TEST_SETS = ("clean", "degraded", "served")
+TEST_SETS = ("clean", "degraded", "served", "tight")
 
 
 def test_faces(samples: Sequence[utk.Sample], data_dir: Path, test_set: str) -> list[Image.Image]:
@@ -121,7 +121,9 @@ def test_faces(samples: Sequence[utk.Sample], data_dir: Path, test_set: str) -> 
 
     ``clean``: UTKFace's crops as they are; ``degraded``: the degraded test set's copies;
     ``served``: each face pasted into a photo and cropped by the app's detector and alignment
-    (``agegroup.training.served_crops``; the original crop where the detector missed it).
+    (``agegroup.training.served_crops``; the original crop where the detector missed it);
+    ``tight``: each crop as the app crops a photo that ends close around the face
+    (``agegroup.training.degrade.tight_copy``).
     """
     if test_set not in TEST_SETS:
         raise ValueError(f"test set must be one of {TEST_SETS}, not {test_set!r}")
@@ -134,6 +136,8 @@ def test_faces(samples: Sequence[utk.Sample], data_dir: Path, test_set: str) -> 
             face = degraded_copy(face, sample.name)
         elif test_set == "served":
             face = served_crop(face, sample.name) or face
+        elif test_set == "tight":
+            face = tight_copy(face, sample.name)
         faces.append(face)
     return faces
 
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         choices=TEST_SETS,
         default=["clean", "degraded"],
-        help="test sets: the crops as they are, degraded, or as the app crops them (served)",
+        help="test sets: the crops as they are, degraded, as the app crops them (served), or as "
+        "it crops photos that end close around the face (tight)",
     )
     parser.add_argument(
         "--probabilities", type=Path, help="also save the served probabilities (.npz) here"

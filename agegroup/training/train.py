@@ -48,7 +48,7 @@ from agegroup.ages import AGE_CLASSES, GROUP_OF_AGE, MAX_AGE, clamp_age
 from agegroup.buckets import BUCKETS
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agegroup.training import data as utk
-from agegroup.training.degrade import degrade
+from agegroup.training.degrade import degrade, tight_framing
 from agegroup.training.distill import Distillation, load_teacher_targets
 from agegroup.training.served_crops import served_training_rows
 
@@ -100,19 +100,24 @@ class CachedLabels:
 
 
 class Degrade(Transform):
-    """Training-only item transform: a random share ``p`` of images corrupted like uploads."""
+    """Training-only item transform: a random share ``tight`` of images framed as the app crops
+    a photo that ends close around the face, then a share ``p`` corrupted like uploads."""
 
     split_idx = 0
     order = 0  # before Resize
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, tight: float = 0.0) -> None:
         super().__init__()
         self.p = p
+        self.tight = tight
 
     def encodes(self, image: PILImage) -> PILImage:
+        rng = random._inst  # type: ignore[attr-defined]
+        if random.random() < self.tight:
+            image = PILImage.create(np.asarray(tight_framing(image, rng)))
         if random.random() >= self.p:
             return image
-        return PILImage.create(np.asarray(degrade(image, random._inst)))  # type: ignore[attr-defined]
+        return PILImage.create(np.asarray(degrade(image, rng)))
 
 
 def bucket_accuracy(pred: torch.Tensor, target: torch.Tensor, *_: Any) -> torch.Tensor:
@@ -246,7 +251,8 @@ class LearnerConfig:
     ``AgeLoss``, whose group term ``group_weight`` weighs). ``min_zoom`` below 1 zooms out too:
     the app's face crops come from detector boxes that vary by about 10% in size and position
     around UTKFace's framing, so training sees faces slightly smaller and larger than UTKFace's
-    own crops. ``degrade_share`` of the training images are corrupted like real uploads, and
+    own crops. ``degrade_share`` of the training images are corrupted like real uploads,
+    ``tight_share`` framed like photos that end close around the face, and
     ``served_share`` of them are taken from ``served`` (the crops the app itself makes).
     ``weights`` is a local torchvision state_dict for the body; ``pretrained`` fastai's own
     (downloaded) ImageNet weights. ``device`` is where batches go (``cuda`` on a GPU machine,
@@ -259,6 +265,7 @@ class LearnerConfig:
     label_smoothing: float = 0.1
     min_zoom: float = 0.9
     degrade_share: float = 0.0
+    tight_share: float = 0.0
     served_share: float = 0.0
     group_weight: float = 1.0
     bf16: bool = True
@@ -300,7 +307,9 @@ def build_learner(
         getters=getters,
         n_inp=1,
         splitter=IndexSplitter(valid_idx),
-        item_tfms=[Degrade(config.degrade_share), resize] if config.degrade_share > 0 else resize,
+        item_tfms=[Degrade(config.degrade_share, config.tight_share), resize]
+        if config.degrade_share > 0 or config.tight_share > 0
+        else resize,
         batch_tfms=[
             *aug_transforms(
                 do_flip=True,
@@ -478,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--served-share", type=float, default=0.5, help="share of training images taken from them"
     )
+    parser.add_argument(
+        "--tight",
+        type=float,
+        default=0.0,
+        help="share of training images framed like photos that end close around the face",
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
     weights = parser.add_mutually_exclusive_group()
@@ -547,6 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         label_smoothing=args.label_smoothing,
         min_zoom=args.min_zoom,
         degrade_share=args.degrade,
+        tight_share=args.tight,
         served_share=args.served_share if served is not None else 0.0,
         group_weight=args.group_weight,
         bf16=not args.no_bf16,
@@ -583,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * args.restart_decay**epoch
             learn.fit_one_cycle(1, lr, wd=args.wd, cbs=[logger, Checkpoint(state_file, epoch)])
     print(f"training took {time.time() - started:.0f} s")
-    if teacher is not None or args.targets == "ages" or args.degrade > 0 or served is not None:
+    custom = args.degrade > 0 or args.tight > 0 or served is not None  # transforms, getters
+    if teacher is not None or args.targets == "ages" or custom:
         learn = plain_copy(learn, images, buckets, valid_idx, config)
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
