@@ -541,8 +541,7 @@ def region_with_edges(image: Image.Image, box: tuple[int, int, int, int]) -> Ima
 
     A face that fills the photo (a portrait, a face already cropped from a larger picture)
     needs a crop larger than the photo. Black there made the model call most such faces
-    11-20; repeated edges keep it close to its answer on the whole face (MODEL.md, "Tight
-    face photos").
+    11-20; with repeated edges it is right more often (README, "Photos of the face alone").
     """
     left, top, right, bottom = box
     inner_left = min(max(left, 0), image.width - 1)
