@@ -41,3 +41,18 @@ def test_calibration_error_on_a_hand_checked_example_plain_and_group_balanced():
     # Balanced: group 0 is 3/4 right, group 1 all right, each half of the weight.
     balanced = expected_calibration_error(truth, probabilities, weights=weights)
     assert balanced == pytest.approx(abs((0.5 * 3 / 4 + 0.5 * 1) - 0.94))
+
+
+def test_the_summary_lists_only_the_sets_evaluated_whichever_they_are():
+    from agegroup.training.evaluate import summary
+
+    metrics = compute_metrics([0, 1, 2], one_hot([0, 1, 3]), {})
+    metrics |= {"calibration_error": 0.1, "calibration_error_balanced": 0.2}
+    results = {
+        "model": {"name": "m", "version": "1"},
+        "served": "flip_average",  # a setting of every report, not the served test set
+        "tight": {"seconds": 1.0, "plain": metrics, "flip_average": metrics},
+    }
+    lines = summary(results).splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["tight", "tight", "recall:"]
+    assert "accuracy=0.6667" in lines[1]

@@ -245,8 +245,9 @@ def evaluate(
 
 def summary(results: dict[str, Any]) -> str:
     lines = [f"model {results['model']['name']} {results['model']['version']}"]
-    for test in TEST_SETS:
-        for key in ("plain", "flip_average") if test in results else ():
+    # Only the sets evaluated ("served" is also the name of a setting, a string).
+    for test in (t for t in TEST_SETS if isinstance(results.get(t), dict)):
+        for key in ("plain", "flip_average"):
             m = results[test][key]
             extra = f" mae={m['age_mae_years']:.2f}y" if "age_mae_years" in m else ""
             lines.append(
@@ -255,12 +256,11 @@ def summary(results: dict[str, Any]) -> str:
                 f"ece={m['calibration_error']:.4f} "
                 f"balanced-ece={m['calibration_error_balanced']:.4f}{extra}"
             )
-        if test in results:
-            recalls = " ".join(
-                f"{b} {row['recall']:.2f}"
-                for b, row in results[test]["flip_average"]["per_bucket"].items()
-            )
-            lines.append(f"{'':>8} recall: {recalls}")
+        recalls = " ".join(
+            f"{b} {row['recall']:.2f}"
+            for b, row in results[test]["flip_average"]["per_bucket"].items()
+        )
+        lines.append(f"{'':>8} recall: {recalls}")
     return "\n".join(lines)
 
 
