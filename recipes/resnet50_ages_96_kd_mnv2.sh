@@ -5,12 +5,15 @@
 # AMX (BF16=0); each epoch is its own one-cycle and a checkpoint, so the run resumes:
 #     BF16=0 EPOCHS=4 bash recipes/resnet50_ages_96_kd_mnv2.sh
 # About 30-50 min an epoch at 96 px on one AVX2 core; the teacher itself, about 1.5 hours.
+# With the framing lever too (MODEL.md, session 8), into its own run folder:
+#     BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/r50_age96_kd_mnv2_tight bash recipes/resnet50_ages_96_kd_mnv2.sh
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/r50_age96_kd_mnv2}
 EPOCHS=${EPOCHS:-4}
 LR=${LR:-5e-4}
 TEACHER=${TEACHER:-runs/teacher_mnv2_ages}
+TIGHT=${TIGHT:-0}
 BF16=${BF16:-1}
 NO_BF16=""; [ "$BF16" = 0 ] && NO_BF16="--no-bf16"
 
@@ -25,10 +28,10 @@ fi
 RESUME=""; [ -f "$RUN/progress.json" ] && RESUME="--resume"
 OMP_NUM_THREADS=1 $PY -m agegroup.training.train $RESUME --threads 1 $NO_BF16 \
     --size 96 --epochs "$EPOCHS" --schedule restarts --restart-decay 0.75 --lr "$LR" --wd 0.03 \
-    --targets ages --degrade 0.5 --init model/export.pkl \
+    --targets ages --degrade 0.5 --tight "$TIGHT" --init model/export.pkl \
     --teacher "$TEACHER/soft_targets.npz" --distill-weight 0.5 \
     --run-dir "$RUN" --out "$RUN/export.pkl"
 $PY -m agegroup.training.calibrate "$RUN/export.pkl"
-$PY -m agegroup.training.evaluate "$RUN/export.pkl" --sets clean degraded served \
+$PY -m agegroup.training.evaluate "$RUN/export.pkl" --sets clean degraded served tight \
     --out "$RUN/metrics.json" --probabilities "$RUN/test_probs.npz"
 echo "Ship only if $RUN/metrics.json beats model/metrics.json on the clean and degraded tests."
