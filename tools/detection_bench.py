@@ -398,14 +398,19 @@ def measure_grey(detector: FaceDetector, grey_photos: list, grey_faceless: list)
 
 
 def measure_accuracy(
-    detector: FaceDetector, crops: list[Image.Image], buckets: list[int], predictor: Any, seed: int
+    detector: FaceDetector,
+    crops: list[Image.Image],
+    buckets: list[int],
+    direct: np.ndarray,
+    predictor: Any,
+    seed: int,
 ) -> dict[str, Any]:
-    """The model through detect + align + crop, against the same faces' original crops."""
+    """The model through detect + align + crop, against the same faces' original crops
+    (``direct``: ``original_groups`` of ``crops``)."""
     from agegroup.analysis import analyze
     from agegroup.images import DecodedImage
 
     truth = np.array(buckets)
-    direct = original_groups(crops, predictor)
     piped, found = [], []
     for i, crop in enumerate(crops):
         rng = np.random.default_rng(seed + i)
@@ -459,9 +464,15 @@ def tight_photo(crop: Image.Image, keep: float, side: int) -> Image.Image:
 
 
 def measure_tight(
-    detector: FaceDetector, crops: list[Image.Image], buckets: list[int], predictor: Any, seed: int
+    detector: FaceDetector,
+    crops: list[Image.Image],
+    buckets: list[int],
+    direct: np.ndarray,
+    predictor: Any,
+    seed: int,
 ) -> dict[str, Any]:
-    """The model on photos that are the face alone (``tight_photo``), against the original crops.
+    """The model on photos that are the face alone (``tight_photo``), against the original crops
+    (``direct``, as in ``measure_accuracy``).
 
     Their aligned crop reaches past the photo on every side; the user sees the first answer
     (the whole-photo guess when no face is found).
@@ -470,7 +481,6 @@ def measure_tight(
     from agegroup.images import DecodedImage
 
     truth = np.array(buckets)
-    direct = original_groups(crops, predictor)
     rng = np.random.default_rng(seed)
     answers, found = [], []
     for i, crop in enumerate(crops):
@@ -667,13 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         predictor = OnnxPredictor(args.model, args.model.parent, args.threads)
         acc_crops, buckets = load_crops(args.data, args.accuracy, 400)
         report["accuracy"] = {}
+        direct = original_groups(acc_crops, predictor)  # the same for every detector
         for name, detector in made.items():
             report["accuracy"][name] = measure_accuracy(
-                detector, acc_crops, buckets, predictor, 30_000 + args.seed
+                detector, acc_crops, buckets, direct, predictor, 30_000 + args.seed
             )
             print("accuracy", name, json.dumps(report["accuracy"][name]), flush=True)
             report["accuracy"][name]["tight"] = measure_tight(
-                detector, acc_crops, buckets, predictor, 40_000 + args.seed
+                detector, acc_crops, buckets, direct, predictor, 40_000 + args.seed
             )
             print("tight", name, json.dumps(report["accuracy"][name]["tight"]), flush=True)
     print(markdown(report))

@@ -128,7 +128,7 @@ def tight_framing(image: Image.Image, rng: random.Random) -> Image.Image:
         for _ in range(2)
     )
     photo = image.crop((left, top, left + inner, top + inner))
-    return region_with_edges(photo, (-left, -top, side - left, image.height - top))
+    return region_with_edges(photo, (-left, -top, side - left, side - top))
 
 
 def rng_for(name: str, seed: int) -> random.Random:
