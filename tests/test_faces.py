@@ -529,3 +529,32 @@ def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
     assert tight["found"] is not None and "photos of the face alone" in detection_bench.markdown(
         report
     )
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.7])
+def test_landmarks_of_a_face_that_fills_the_photo_are_not_squeezed(
+    utk_like: Image.Image, keep: float
+) -> None:
+    """The eyes are as far apart, as a share of the face's crop, as in the whole crop (the
+    landmark region used to stop at the photo's edge, and they came out 8-12% closer)."""
+    from tools.detection_bench import tight_photo
+
+    def eye_distance(box: FaceBox) -> float:
+        left, right, _ = eyes_and_nose(box)
+        return float(np.hypot(right[0] - left[0], right[1] - left[1]))
+
+    [whole] = get_detector().detect(utk_like)
+    side = 300
+    [box] = get_detector().detect(tight_photo(utk_like, keep, side))
+    ratio = (eye_distance(box) / (side / keep)) / (eye_distance(whole) / utk_like.width)
+    assert 0.95 < ratio < 1.05
+
+
+def test_a_region_far_past_the_photo_is_shrunk_before_its_edges_are_repeated() -> None:
+    photo = colour_clutter(60, 40, seed=3)
+    box = (-300, -200, 360, 240)  # eleven photo widths of edges
+    small = region_with_edges(photo, box, shrink=4.0)
+    assert small.size == (165, 110)
+    full = region_with_edges(photo, box).resize(small.size, Image.Resampling.BILINEAR)
+    difference = np.abs(np.asarray(small, dtype=int) - np.asarray(full, dtype=int))
+    assert np.median(difference) <= 2

@@ -274,6 +274,11 @@ class LearnerConfig:
     device: str = "cpu"
     workers: int = 0
 
+    @property
+    def degrades(self) -> bool:
+        """Whether training images pass through ``Degrade`` (corrupted or framed tight)."""
+        return self.degrade_share > 0 or self.tight_share > 0
+
 
 def build_learner(
     images: np.ndarray,
@@ -308,7 +313,7 @@ def build_learner(
         n_inp=1,
         splitter=IndexSplitter(valid_idx),
         item_tfms=[Degrade(config.degrade_share, config.tight_share), resize]
-        if config.degrade_share > 0 or config.tight_share > 0
+        if config.degrades
         else resize,
         batch_tfms=[
             *aug_transforms(
@@ -599,8 +604,8 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * args.restart_decay**epoch
             learn.fit_one_cycle(1, lr, wd=args.wd, cbs=[logger, Checkpoint(state_file, epoch)])
     print(f"training took {time.time() - started:.0f} s")
-    custom = args.degrade > 0 or args.tight > 0 or served is not None  # transforms, getters
-    if teacher is not None or args.targets == "ages" or custom:
+    # Teacher targets, the age loss, Degrade and the served getter all need training code.
+    if teacher is not None or args.targets == "ages" or config.degrades or served is not None:
         learn = plain_copy(learn, images, buckets, valid_idx, config)
     export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
     print(f"exported {args.out}")
