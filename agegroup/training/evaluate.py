@@ -220,7 +220,8 @@ def evaluate(
         "model": {"name": predictor.info.name, "version": predictor.info.version},
         "input_size": predictor.info.input_size,
         "split": "UTKFace test split (see agegroup/training/data.py), one file per duplicate group",
-        "served": "flip_average",
+        # Which figures the app's answers match (each face averaged with its mirror).
+        "served_as": "flip_average",
     }
     classes = predictor.info.classes
     served: dict[str, np.ndarray] = {}
@@ -245,7 +246,7 @@ def evaluate(
 
 def summary(results: dict[str, Any]) -> str:
     lines = [f"model {results['model']['name']} {results['model']['version']}"]
-    # Only the sets evaluated ("served" is also the name of a setting, a string).
+    # Only the sets evaluated (reports before session 9 named the "served_as" setting "served").
     for test in (t for t in TEST_SETS if isinstance(results.get(t), dict)):
         for key in ("plain", "flip_average"):
             m = results[test][key]
