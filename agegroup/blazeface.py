@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,32 +58,38 @@ def anchor_centres(network: Network, height: int, width: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
+def small_network_session(path: Path, threads: int) -> Any:
+    """An onnxruntime session for a small network the server's threads share (BlazeFace, and
+    the face check of ``agegroup.face_check``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # Spinning pool threads would burn a shared host's small CPU share between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Every photo shape is a new input shape: cached memory patterns would keep a plan for
+    # each and grow the process (measured: +140 MB over 1,000 requests), so they are off.
+    # The arena stays on: it keeps the buffers of one search (bounded by the finest
+    # level's pixels) for the next. Without it each run's activations are allocated anew,
+    # and with render.yaml's MALLOC_MMAP_THRESHOLD_ every one of 1 MB or more is a fresh
+    # mapping whose pages are faulted in and zeroed: the 250,000-pixel level then took
+    # 180 ms of CPU instead of 50 (`python -m tools.bench --stages`).
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = False
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class BlazeFace:
     """A BlazeFace network in an onnxruntime session, shared by the server's threads."""
 
     def __init__(self, network: Network = FULL_RANGE, folder: Path = MODEL_DIR, threads: int = 1):
-        import onnxruntime as ort
-
         path = Path(folder) / network.file
         if not path.is_file():
             raise FileNotFoundError(f"no BlazeFace model at {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Spinning pool threads would burn a shared host's small CPU share between requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Every photo shape is a new input shape: cached memory patterns would keep a plan for
-        # each and grow the process (measured: +140 MB over 1,000 requests), so they are off.
-        # The arena stays on: it keeps the buffers of one search (bounded by the finest
-        # level's pixels) for the next. Without it each run's activations are allocated anew,
-        # and with render.yaml's MALLOC_MMAP_THRESHOLD_ every one of 1 MB or more is a fresh
-        # mapping whose pages are faulted in and zeroed: the 250,000-pixel level then took
-        # 180 ms of CPU instead of 50 (`python -m tools.bench --stages`).
-        options.enable_cpu_mem_arena = True
-        options.enable_mem_pattern = False
         self.network = network
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = small_network_session(path, threads)
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
         self._lock = threading.Lock()

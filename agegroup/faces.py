@@ -129,6 +129,10 @@ CANDIDATE_SCORE = 0.3
 FACE_SCORE = 0.6
 MAX_LOOKS = 12
 SURE_SCORE = 0.8
+# A face kept below SURE_SCORE is kept only if MTCNN's ONet, shown its aligned crop, gives it
+# at least FACE_CHECK_SCORE (``agegroup.face_check``). On the detection benchmark real faces
+# mostly score near 1 there, and every false face under 0.03.
+FACE_CHECK_SCORE = 0.05
 # A candidate not found upright is looked at turned these ways too (BlazeFace misses heads
 # tilted by more than about 20 degrees).
 VERIFY_TURNS = (0.0, 25.0, -25.0)
@@ -211,8 +215,9 @@ class FaceDetector:
     ``kind`` is ``"blazeface"`` or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own keypoints
     align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point model) is used
     instead when given, and is what aligns HOG's faces. ``hog_on_colourless``: BlazeFace's
-    search of a colourless photo is joined by HOG's (off only to measure what that adds). Made
-    once per process (the app keeps one; scripts use ``get_detector``).
+    search of a colourless photo is joined by HOG's, and ``face_check``: the faces BlazeFace is
+    not sure of are checked by ONet (both off only to measure what they add). Made once per
+    process (the app keeps one; scripts use ``get_detector``).
     """
 
     def __init__(
@@ -224,6 +229,7 @@ class FaceDetector:
         threads: int = 1,
         detect_pixels: int = DETECT_PIXELS,
         hog_on_colourless: bool = True,
+        face_check: bool = True,
     ) -> None:
         import dlib
 
@@ -236,6 +242,11 @@ class FaceDetector:
             from agegroup.blazeface import BlazeFace
 
             self._blaze = BlazeFace(threads=threads)
+        self._face_check: Any = None
+        if kind == "blazeface" and face_check:
+            from agegroup.face_check import FaceCheck
+
+            self._face_check = FaceCheck(threads=threads)
         # HOG is the detector of ``hog``, and BlazeFace's partner on colourless photos.
         self._detector = dlib.get_frontal_face_detector()
         self._keypoints = keypoints and kind == "blazeface"
@@ -377,7 +388,16 @@ class FaceDetector:
         ]
         if not self._keypoints:
             boxes = [replace(b, landmarks=None) for b in boxes]
-        return self._with_landmarks(rgb, boxes)
+        return self._checked(rgb, self._with_landmarks(rgb, boxes))
+
+    def _checked(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
+        """The faces, less those below SURE_SCORE that ONet does not take for faces."""
+        unsure = [i for i, box in enumerate(boxes) if box.score < SURE_SCORE]
+        if self._face_check is None or not unsure:
+            return boxes
+        probabilities = self._face_check([crop_face(rgb, boxes[i]) for i in unsure])
+        rejected = {i for i, p in zip(unsure, probabilities, strict=True) if p < FACE_CHECK_SCORE}
+        return [box for i, box in enumerate(boxes) if i not in rejected]
 
     def _verified(self, rgb: Image.Image, candidates: Detections) -> Detections:
         """The candidates that BlazeFace finds again in a window around each, at its best scale."""
@@ -483,7 +503,11 @@ def get_detector() -> FaceDetector:
 
 
 def make_detector(
-    kind: str, landmarks: str = "auto", threads: int = 1, hog_on_colourless: bool = True
+    kind: str,
+    landmarks: str = "auto",
+    threads: int = 1,
+    hog_on_colourless: bool = True,
+    face_check: bool = True,
 ) -> FaceDetector:
     """The detector ``AGE_FACE_DETECTOR`` and ``AGE_FACE_LANDMARKS`` ask for.
 
@@ -491,10 +515,15 @@ def make_detector(
     (on Grace Hopper's face turned 20 degrees, its aligned crop is twice as close to the
     upright one as with BlazeFace's keypoints), and by BlazeFace's keypoints when that model
     is not installed; ``keypoints`` asks for BlazeFace's keypoints; ``off`` crops by the box;
-    a path names another dlib 5-point model. ``hog_on_colourless``: see ``FaceDetector``.
+    a path names another dlib 5-point model. ``hog_on_colourless``, ``face_check``: see
+    ``FaceDetector``.
     """
     setting = landmarks.strip().lower()
-    options: dict[str, Any] = {"threads": threads, "hog_on_colourless": hog_on_colourless}
+    options: dict[str, Any] = {
+        "threads": threads,
+        "hog_on_colourless": hog_on_colourless,
+        "face_check": face_check,
+    }
     if kind == "blazeface" and setting in ("keypoints", "off"):
         return FaceDetector(kind=kind, keypoints=setting == "keypoints", **options)
     path = landmark_model_path(landmarks)

@@ -558,3 +558,42 @@ def test_a_region_far_past_the_photo_is_shrunk_before_its_edges_are_repeated() -
     full = region_with_edges(photo, box).resize(small.size, Image.Resampling.BILINEAR)
     difference = np.abs(np.asarray(small, dtype=int) - np.asarray(full, dtype=int))
     assert np.median(difference) <= 2
+
+
+@pytest.fixture(scope="module")
+def face_like_scene() -> Image.Image:
+    """Faceless photo 61 of the detection benchmark: BlazeFace alone finds a face in it."""
+    from tools.detection_bench import PHOTO_SIZES, as_jpeg, clutter
+
+    rng = np.random.default_rng(20_000 + 61)
+    size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
+    return as_jpeg(clutter(size, rng))
+
+
+def test_the_face_check_drops_a_pattern_blazeface_is_unsure_of(
+    face_like_scene: Image.Image,
+) -> None:
+    from agegroup.face_check import FaceCheck
+    from agegroup.faces import FACE_CHECK_SCORE, SURE_SCORE
+
+    [false_face] = make_detector("blazeface", face_check=False).detect(face_like_scene)
+    assert false_face.score < SURE_SCORE
+    assert FaceCheck()([crop_face(face_like_scene, false_face)])[0] < FACE_CHECK_SCORE
+    assert get_detector().detect(face_like_scene) == []
+
+
+def test_the_face_check_takes_faces_for_faces(utk_like: Image.Image, grace: Image.Image) -> None:
+    from agegroup.face_check import FaceCheck
+    from agegroup.faces import FACE_CHECK_SCORE
+
+    [box] = get_detector().detect(grace)
+    probabilities = FaceCheck()([utk_like, crop_face(grace, box), utk_like.convert("L")])
+    assert probabilities.shape == (3,) and (probabilities > 10 * FACE_CHECK_SCORE).all()
+    assert FaceCheck()([]).shape == (0,)
+
+
+def test_a_missing_face_check_model_fails_loudly(tmp_path: Path) -> None:
+    from agegroup.face_check import FaceCheck
+
+    with pytest.raises(FileNotFoundError, match="face check"):
+        FaceCheck(folder=tmp_path)

@@ -41,7 +41,13 @@ PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
 ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
 # Photos that are the face alone keep this share of a UTKFace crop's side around its centre.
 TIGHT_KEEP = (0.5, 0.6, 0.7)
-DETECTORS = ("blazeface", "blazeface-without-hog", "blazeface+keypoints", "hog")
+DETECTORS = (
+    "blazeface",
+    "blazeface-without-hog",
+    "blazeface-without-check",
+    "blazeface+keypoints",
+    "hog",
+)
 
 
 @dataclass(frozen=True)
@@ -314,6 +320,8 @@ def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
             made[name] = make_detector("blazeface", "auto", threads)
         elif name == "blazeface-without-hog":  # colourless photos searched by BlazeFace alone
             made[name] = make_detector("blazeface", "auto", threads, hog_on_colourless=False)
+        elif name == "blazeface-without-check":  # unsure faces kept without ONet's opinion
+            made[name] = make_detector("blazeface", "auto", threads, face_check=False)
         elif name == "blazeface+keypoints":
             made[name] = make_detector("blazeface", "keypoints", threads)
         elif name == "hog":
