@@ -104,7 +104,7 @@ def test_a_tight_framing_keeps_the_middle_of_the_crop_and_repeats_its_edges_past
 
 def test_calibration_picks_a_prior_correction_for_a_biased_model():
     from agegroup.ages import GROUP_OF_AGE
-    from agegroup.training.calibrate import fit
+    from agegroup.training.calibrate import TAU_TIE, fit
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 7, 700)
@@ -119,13 +119,27 @@ def test_calibration_picks_a_prior_correction_for_a_biased_model():
     assert report["tau"] > 0
     by_tau = {c["tau"]: c for c in report["candidates"]}
     assert by_tau[report["tau"]]["balanced_accuracy"] > by_tau[0.0]["balanced_accuracy"]
-    # Chosen for balanced accuracy (uploads are not spread over the groups like UTKFace).
+    # Chosen for balanced accuracy (uploads are not spread over the groups like UTKFace): the
+    # weakest correction of those as good as the best.
     best = max(c["balanced_accuracy"] for c in report["candidates"])
-    assert by_tau[report["tau"]]["balanced_accuracy"] == best
+    assert by_tau[report["tau"]]["balanced_accuracy"] >= best - TAU_TIE
+    weaker = [c for c in report["candidates"] if c["tau"] < report["tau"]]
+    assert all(c["balanced_accuracy"] < best - TAU_TIE for c in weaker)
     # The offsets are -tau * log prior of each age's group: 21-30's ages are pushed down most.
     offsets = np.array(calibration.offsets)
     assert offsets[25] < offsets[15] and offsets[25] == pytest.approx(report["tau"] * -np.log(0.33))
     assert calibration.source_sha256 == "abc"
+
+
+def test_a_stronger_correction_no_better_than_a_weaker_one_is_not_chosen():
+    from agegroup.training.calibrate import weakest_best_tau
+
+    def candidates(*balanced: float) -> list[dict[str, float]]:
+        return [{"tau": t, "balanced_accuracy": b} for t, b in zip((0, 0.5, 1), balanced)]
+
+    assert weakest_best_tau(candidates(0.55, 0.5932, 0.5933)) == 0.5  # 0.01 points: a tie
+    assert weakest_best_tau(candidates(0.55, 0.5815, 0.5867)) == 1  # 0.5 points: not
+    assert weakest_best_tau(candidates(0.60, 0.58, 0.59)) == 0
 
 
 def test_both_runtimes_apply_the_calibration_beside_the_model_and_refuse_a_stale_one(
