@@ -286,9 +286,11 @@ class FaceDetector:
         with self._search_lock:
             boxes = sorted(self._detect_blaze(rgb), key=lambda b: -b.score)
             if self._hog_on_colourless and is_colourless(rgb):
-                # Landmarks only for the faces HOG adds, not for those BlazeFace found.
+                # Landmarks only for the faces HOG adds, not for those BlazeFace found; each is
+                # checked (HOG's scores are on another scale: none counts as sure).
                 more = [h for h in self._hog_boxes(rgb) if not any(_same_face(h, b) for b in boxes)]
-                boxes += sorted(self._with_landmarks(rgb, more), key=lambda b: -b.score)
+                more = self._checked(rgb, self._with_landmarks(rgb, more), unsure_below=math.inf)
+                boxes += sorted(more, key=lambda b: -b.score)
         return boxes
 
     def _hog_boxes(self, rgb: Image.Image) -> list[FaceBox]:
@@ -396,9 +398,12 @@ class FaceDetector:
             boxes = [replace(b, landmarks=None) for b in boxes]
         return self._checked(rgb, self._with_landmarks(rgb, boxes))
 
-    def _checked(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
-        """The faces, less those below SURE_SCORE that ONet does not take for faces."""
-        unsure = [i for i, box in enumerate(boxes) if box.score < SURE_SCORE]
+    def _checked(
+        self, rgb: Image.Image, boxes: list[FaceBox], unsure_below: float = SURE_SCORE
+    ) -> list[FaceBox]:
+        """The faces, less those scoring below ``unsure_below`` that ONet does not take for
+        faces."""
+        unsure = [i for i, box in enumerate(boxes) if box.score < unsure_below]
         if self._face_check is None or not unsure:
             return boxes
         probabilities = self._face_check([crop_face(rgb, boxes[i]) for i in unsure])

@@ -598,3 +598,15 @@ def test_a_missing_face_check_model_fails_loudly(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="face check"):
         FaceCheck(folder=tmp_path)
+
+
+def test_hogs_extra_faces_on_a_grey_photo_are_checked_too() -> None:
+    """Grey faceless photo 89 of the detection benchmark: HOG takes a patch for a face."""
+    pytest.importorskip("matplotlib")
+    from tools.detection_bench import FACELESS_KINDS, PHOTO_SIZES, as_jpeg, grey_copy
+
+    rng = np.random.default_rng(20_000 + 89)
+    size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
+    photo = grey_copy(as_jpeg(FACELESS_KINDS["sample_photo"](rng, size)))
+    assert len(make_detector("hog").detect(photo)) == 1
+    assert get_detector().detect(photo) == []
