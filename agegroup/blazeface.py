@@ -58,10 +58,13 @@ def anchor_centres(network: Network, height: int, width: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def small_network_session(path: Path, threads: int) -> Any:
+def small_network_session(path: Path, threads: int, name: str) -> Any:
     """An onnxruntime session for a small network the server's threads share (BlazeFace, and
-    the face check of ``agegroup.face_check``)."""
+    the face check of ``agegroup.face_check``); a missing ``name`` model file fails loudly."""
     import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} model at {path}")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
@@ -85,11 +88,8 @@ class BlazeFace:
     """A BlazeFace network in an onnxruntime session, shared by the server's threads."""
 
     def __init__(self, network: Network = FULL_RANGE, folder: Path = MODEL_DIR, threads: int = 1):
-        path = Path(folder) / network.file
-        if not path.is_file():
-            raise FileNotFoundError(f"no BlazeFace model at {path}")
         self.network = network
-        self._session = small_network_session(path, threads)
+        self._session = small_network_session(Path(folder) / network.file, threads, "BlazeFace")
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
         self._lock = threading.Lock()

@@ -31,10 +31,7 @@ class FaceCheck:
     """ONet in an onnxruntime session, shared by the server's threads."""
 
     def __init__(self, folder: Path = MODEL_DIR, threads: int = 1) -> None:
-        path = Path(folder) / MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no face check model at {path}")
-        self._session = small_network_session(path, threads)
+        self._session = small_network_session(Path(folder) / MODEL_FILE, threads, "face check")
 
     def __call__(self, crops: Sequence[Image.Image]) -> np.ndarray:
         """The probability that each aligned crop (``crop_face``'s framing) holds a face."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_SIDE = 48
+from agegroup.face_check import INPUT_SIDE, MODEL_FILE
 
 
 def face_probability_network():  # noqa: ANN201 (torch is imported here only)
@@ -46,7 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     network = face_probability_network()
-    out = args.out / "onet.onnx"
+    out = args.out / MODEL_FILE
     example = torch.zeros(1, 3, INPUT_SIDE, INPUT_SIDE)
     torch.onnx.export(
         network,

@@ -405,6 +405,16 @@ def measure_grey(detector: FaceDetector, grey_photos: list, grey_faceless: list)
     return {key: measured[key] for key in GREY_KEYS}
 
 
+def answer(photo: Image.Image, predictor: Any, detector: FaceDetector) -> Any:
+    """The app's analysis of ``photo`` (an uploaded JPEG's pixels): its faces and answers."""
+    from agegroup.analysis import analyze
+    from agegroup.images import DecodedImage
+
+    return analyze(
+        DecodedImage(photo, photo.width, photo.height, "JPEG"), predictor, detector=detector
+    )
+
+
 def measure_accuracy(
     detector: FaceDetector,
     crops: list[Image.Image],
@@ -415,9 +425,6 @@ def measure_accuracy(
 ) -> dict[str, Any]:
     """The model through detect + align + crop, against the same faces' original crops
     (``direct``: ``original_groups`` of ``crops``)."""
-    from agegroup.analysis import analyze
-    from agegroup.images import DecodedImage
-
     truth = np.array(buckets)
     piped, found = [], []
     for i, crop in enumerate(crops):
@@ -433,9 +440,7 @@ def measure_accuracy(
         )
         place(photo, crop, face, rng)
         photo = as_jpeg(photo)
-        result = analyze(
-            DecodedImage(photo, photo.width, photo.height, "JPEG"), predictor, detector=detector
-        )
+        result = answer(photo, predictor, detector)
         hit = [f for f in result.faces if f.box is not None and matches(f.box, face)]
         found.append(bool(hit))
         # Without a match the user sees the first entry (the whole-photo guess or a wrong box).
@@ -485,17 +490,12 @@ def measure_tight(
     Their aligned crop reaches past the photo on every side; the user sees the first answer
     (the whole-photo guess when no face is found).
     """
-    from agegroup.analysis import analyze
-    from agegroup.images import DecodedImage
-
     truth = np.array(buckets)
     rng = np.random.default_rng(seed)
     answers, found = [], []
     for i, crop in enumerate(crops):
         photo = tight_photo(crop, TIGHT_KEEP[i % len(TIGHT_KEEP)], int(rng.integers(100, 401)))
-        result = analyze(
-            DecodedImage(photo, photo.width, photo.height, "JPEG"), predictor, detector=detector
-        )
+        result = answer(photo, predictor, detector)
         found.append(result.face_found)
         answers.append(result.faces[0].bucket_index)
     answers_arr = np.array(answers)
