@@ -17,11 +17,15 @@ from agegroup.faces import (
     crop_face,
     get_detector,
     select_faces,
+    whole_photo_as_face,
 )
 from agegroup.images import DecodedImage
 from agegroup.predictor import ModelInfo, Predictor, predict_groups
 
-NO_FACE_WARNING = "No face was found in this photo, so the result is for the whole photo."
+NO_FACE_WARNING = (
+    "No face was found in this photo, so the result is for the whole photo, read as one face "
+    "that fills it."
+)
 
 
 @dataclass(frozen=True)
@@ -118,16 +122,16 @@ def analyze(
 
     Each face is predicted as it is and mirrored, and the two are averaged.
 
-    Without a face, the whole photo is predicted (as before detection existed) and a warning
-    says so. ``started`` is a ``time.perf_counter()`` value, so the reported time can include
-    decoding; ``detector`` defaults to the process-wide one.
+    Without a face, the whole photo is predicted as a face that fills it
+    (``whole_photo_as_face``) and a warning says so. ``started`` is a ``time.perf_counter()``
+    value, so the reported time can include decoding; ``detector`` defaults to the process-wide one.
     """
     started = time.perf_counter() if started is None else started
     image = decoded.image
     boxes = (detector or get_detector()).detect(image)
     chosen = select_faces(boxes)
     if not chosen:
-        probabilities, ages = predict_groups(predictor, [image])
+        probabilities, ages = predict_groups(predictor, [whole_photo_as_face(image)])
         faces = [FaceResult(probabilities=_normalised(probabilities[0]), age=ages[0])]
         elapsed = (time.perf_counter() - started) * 1000
         return Analysis(decoded.width, decoded.height, faces, elapsed, [NO_FACE_WARNING])

@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 # UTKFace crops are 200 x 200; crops are made at that size so that training and serving
 # shrink them to the model's input in the same way.
 CROP_SIZE = 200
+# Without a face found, the photo is read as a face that fills it (a close portrait, a face
+# already cut out): the middle WHOLE_PHOTO_KEEP of a crop's side, its edges repeated past it.
+# Chosen over 0.6 and 0.8 on photos of the face alone that the detector missed (README, "No face
+# found").
+WHOLE_PHOTO_KEEP = 0.7
 # HOG box side / UTKFace crop side, and the box centre's offset in crop sides (measured above).
 BOX_TO_CROP = 0.90
 CENTRE_OFFSET = (0.0, 0.0)
@@ -645,6 +650,21 @@ def _aligned_crop(image: Image.Image, transform: tuple[float, ...], size: int) -
     return region.transform(
         (size, size), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR
     )
+
+
+def whole_photo_as_face(image: Image.Image, size: int = CROP_SIZE) -> Image.Image:
+    """The whole photo framed as a face that fills it, as a ``size`` x ``size`` RGB crop.
+
+    When no face is found, the likeliest reason in a photo sent for its age is a face cut so
+    close that its outline is missing, and then the photo is the middle of a UTKFace-like crop.
+    Squished whole into the model, such a face was right about one time in four; framed so,
+    about half the time.
+    """
+    side = max(image.width, image.height) / WHOLE_PHOTO_KEEP
+    left, top = round((image.width - side) / 2), round((image.height - side) / 2)
+    box = (left, top, left + round(side), top + round(side))
+    region = region_with_edges(image, box, shrink=max(1.0, side / size))
+    return region if region.size == (size, size) else region.resize((size, size), RESAMPLE)
 
 
 def crop_face(image: Image.Image, box: FaceBox, size: int = CROP_SIZE) -> Image.Image:

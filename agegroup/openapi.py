@@ -34,7 +34,10 @@ NO_FACE_EXAMPLE = {
             ),
         }
     ],
-    "warnings": ["No face was found in this photo, so the result is for the whole photo."],
+    "warnings": [
+        "No face was found in this photo, so the result is for the whole photo, read as one "
+        "face that fills it."
+    ],
     "elapsed_ms": 98.2,
 }
 

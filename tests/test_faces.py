@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -31,9 +32,11 @@ from agegroup.faces import (
     make_detector,
     region_with_edges,
     select_faces,
+    whole_photo_as_face,
 )
 from agegroup.factory import create_app
 from agegroup.images import decode_upload
+from agegroup.predictor import predict_groups
 from agegroup.training.data import image_dir_of
 from testsupport import uploads
 from testsupport.uploads import image_bytes
@@ -205,6 +208,26 @@ def test_region_past_the_photo_repeats_its_edges() -> None:
     assert inside.mode == "RGB" and inside.size == (10, 10)
 
 
+def test_whole_photo_is_framed_as_a_face_that_fills_it() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (100, 140, 3), np.uint8)
+    framed = np.asarray(whole_photo_as_face(Image.fromarray(pixels)))
+    # 140 px is WHOLE_PHOTO_KEEP (0.7) of the 200 px crop: the photo sits in its middle as it
+    # is, and past it the photo's edges repeat.
+    assert framed.shape == (CROP_SIZE, CROP_SIZE, 3)
+    assert np.array_equal(framed[50:150, 30:170], pixels)
+    assert (framed[:50, 30:170] == pixels[0]).all() and (framed[150:, 30:170] == pixels[-1]).all()
+    assert np.array_equal(framed[50:150, :30], np.repeat(pixels[:, :1], 30, axis=1))
+    # A large photo is shrunk on the way, to the same framing (a smooth photo, so that shrinking
+    # it changes little).
+    y, x = np.mgrid[0:1000, 0:1400]
+    smooth = np.stack([x * 255 // 1400, y * 255 // 1000, (x + y) * 255 // 2400], -1)
+    large = Image.fromarray(smooth.astype(np.uint8))
+    small = large.resize((140, 100), Image.Resampling.BOX)
+    shrunk = np.asarray(whole_photo_as_face(large)).astype(int)
+    assert shrunk.shape == (CROP_SIZE, CROP_SIZE, 3)
+    assert np.abs(shrunk - np.asarray(whole_photo_as_face(small)).astype(int)).max() <= 3
+
+
 def test_crop_past_the_edge_repeats_the_photo_edge(utk_like: Image.Image) -> None:
     crop = np.asarray(crop_face(utk_like, FaceBox(-60, -60, 120, 120))).astype(int)
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
@@ -373,12 +396,20 @@ def test_page_draws_a_numbered_box_and_bars_per_face(client, group_photo: Image.
 
 
 def test_no_face_falls_back_to_the_whole_photo(client) -> None:
-    response = post_photo(client, colour_clutter(640, 480, seed=7))
+    photo = colour_clutter(640, 480, seed=7)
+    response = post_photo(client, photo)
     body = response.get_json()
     assert response.status_code == 200
     assert body["warnings"] == [NO_FACE_WARNING]
     [face] = body["faces"]
     assert face["face_found"] is False and face["box"] is None
+    # The guess is the model's answer for the photo framed as one face that fills it.
+    uploaded = Image.open(io.BytesIO(image_bytes(photo, "JPEG", quality=90))).convert("RGB")
+    predictor = client.application.extensions["agegroup"].predictor
+    expected, _ = predict_groups(predictor, [whole_photo_as_face(uploaded)])
+    squished, _ = predict_groups(predictor, [uploaded])
+    assert np.abs(expected - squished).max() > 1e-3  # the two guesses differ measurably
+    assert list(face["probabilities"].values()) == pytest.approx(expected[0].tolist(), abs=1e-4)
     html = post_photo(client, colour_clutter(640, 480, seed=7), "/predict").get_data(as_text=True)
     assert "<h1" in html and "No face found</h1>" in html and "Whole-photo guess" in html
     assert html.index("No face found") < html.index('class="bucket"')

@@ -498,7 +498,7 @@ def measure_tight(
         result = answer(photo, predictor, detector)
         found.append(result.face_found)
         answers.append(result.faces[0].bucket_index)
-    answers_arr = np.array(answers)
+    answers_arr, found_arr = np.array(answers), np.array(found)
     by_keep = {
         str(keep): rate(list((answers_arr == truth)[i :: len(TIGHT_KEEP)]))
         for i, keep in enumerate(TIGHT_KEEP)
@@ -509,6 +509,8 @@ def measure_tight(
         "accuracy_tight_photos": rate(list(answers_arr == truth)),
         "accuracy_by_keep": by_keep,
         "found": rate(found),
+        # The whole-photo guess (``whole_photo_as_face``) on the photos whose face was missed.
+        "accuracy_missed": rate(list((answers_arr == truth)[~found_arr])),
     }
 
 
