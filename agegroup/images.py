@@ -237,8 +237,11 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
 def _sample_ratio(image: Image.Image) -> float:
     """Samples per pixel of a JPEG: 3 for 4:4:4 colour, 1.5 for 4:2:0, 1 for grey."""
     layers = getattr(image, "layer", None) or [("Y", 1, 1, 0)] * max(1, len(image.getbands()))
-    top = max(h for _, h, _, _ in layers) * max(v for _, _, v, _ in layers)
-    return sum(h * v for _, h, v, _ in layers) / top
+    # A damaged header can say 0 (the decoder rejects such a file later); counted as 1, the
+    # estimate stays within the real bound of one sample per component and pixel.
+    factors = [(max(1, h), max(1, v)) for _, h, v, _ in layers]
+    top = max(h for h, _ in factors) * max(v for _, v in factors)
+    return sum(h * v for h, v in factors) / top
 
 
 class MemoryBudget:

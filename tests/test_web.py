@@ -339,6 +339,18 @@ def test_truncated_jpeg_is_422(client, face_jpeg):
     assert_still_serving(client, face_jpeg)
 
 
+def test_progressive_jpeg_with_zero_sampling_factors_is_a_clear_4xx(client, face_jpeg):
+    # Found by the fuzz test: a damaged frame header saying 0 once divided by zero (a 500).
+    jpeg = bytearray(image_bytes(photo((64, 48)), quality=90, progressive=True))
+    start = jpeg.index(b"\xff\xc2")  # SOF2: marker, length, precision, height, width, count
+    count = jpeg[start + 9]
+    for i in range(count):  # each component: id, sampling factors, quantisation table
+        jpeg[start + 10 + 3 * i + 1] = 0x00
+    response = post(client, bytes(jpeg))
+    assert response.status_code in (400, 415, 422), response.data[:300]
+    assert_still_serving(client, face_jpeg)
+
+
 def test_corrupt_png_is_422(client, face_jpeg):
     png = bytearray(image_bytes(photo(), "PNG"))
     png[60:200] = bytes(140)  # zero out the compressed pixel data
