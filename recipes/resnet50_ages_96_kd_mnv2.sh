@@ -7,6 +7,10 @@
 # About 30-50 min an epoch at 96 px on one AVX2 core; the teacher itself, about 1.5 hours.
 # With the framing lever too (MODEL.md, session 8), into its own run folder:
 #     BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/r50_age96_kd_mnv2_tight bash recipes/resnet50_ages_96_kd_mnv2.sh
+# That run is the model served since session 10. It started from the age model served before
+# it; model/export.pkl is now its own result, so to train it again start from the old file:
+#     git show 493bfc8:model/export.pkl > runs/age96_session5.pkl
+#     INIT=runs/age96_session5.pkl BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/again bash recipes/resnet50_ages_96_kd_mnv2.sh
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/r50_age96_kd_mnv2}
@@ -14,6 +18,7 @@ EPOCHS=${EPOCHS:-4}
 LR=${LR:-5e-4}
 TEACHER=${TEACHER:-runs/teacher_mnv2_ages}
 TIGHT=${TIGHT:-0}
+INIT=${INIT:-model/export.pkl}
 BF16=${BF16:-1}
 NO_BF16=""; [ "$BF16" = 0 ] && NO_BF16="--no-bf16"
 
@@ -28,7 +33,7 @@ fi
 RESUME=""; [ -f "$RUN/progress.json" ] && RESUME="--resume"
 OMP_NUM_THREADS=1 $PY -m agegroup.training.train $RESUME --threads 1 $NO_BF16 \
     --size 96 --epochs "$EPOCHS" --schedule restarts --restart-decay 0.75 --lr "$LR" --wd 0.03 \
-    --targets ages --degrade 0.5 --tight "$TIGHT" --init model/export.pkl \
+    --targets ages --degrade 0.5 --tight "$TIGHT" --init "$INIT" \
     --teacher "$TEACHER/soft_targets.npz" --distill-weight 0.5 \
     --run-dir "$RUN" --out "$RUN/export.pkl"
 $PY -m agegroup.training.calibrate "$RUN/export.pkl"
