@@ -664,7 +664,7 @@ def whole_photo_as_face(image: Image.Image, size: int = CROP_SIZE) -> Image.Imag
     left, top = round((image.width - side) / 2), round((image.height - side) / 2)
     box = (left, top, left + round(side), top + round(side))
     region = region_with_edges(image, box, shrink=max(1.0, side / size))
-    return region if region.size == (size, size) else region.resize((size, size), RESAMPLE)
+    return region.resize((size, size), RESAMPLE)  # a copy when it is that size already
 
 
 def crop_face(image: Image.Image, box: FaceBox, size: int = CROP_SIZE) -> Image.Image:

@@ -410,7 +410,7 @@ def test_no_face_falls_back_to_the_whole_photo(client) -> None:
     squished, _ = predict_groups(predictor, [uploaded])
     assert np.abs(expected - squished).max() > 1e-3  # the two guesses differ measurably
     assert list(face["probabilities"].values()) == pytest.approx(expected[0].tolist(), abs=1e-4)
-    html = post_photo(client, colour_clutter(640, 480, seed=7), "/predict").get_data(as_text=True)
+    html = post_photo(client, photo, "/predict").get_data(as_text=True)
     assert "<h1" in html and "No face found</h1>" in html and "Whole-photo guess" in html
     assert html.index("No face found") < html.index('class="bucket"')
     assert 'id="face-boxes"' not in html
