@@ -57,8 +57,12 @@ class Settings:
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
-    # Face detector: "blazeface" (MediaPipe's, via onnxruntime) or "hog" (dlib's).
+    # Face detector: "blazeface" (MediaPipe's, with MTCNN for the small and grey faces it misses;
+    # both via onnxruntime), "blazeface-fast" (BlazeFace alone) or "hog" (dlib's).
     face_detector: str = "blazeface"
+    # BlazeFace's finest search level has at most this many pixels: more finds smaller faces in
+    # large photos and costs time in proportion (README, "Face detection": the trade-off).
+    detect_pixels: int = 250_000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -84,6 +88,7 @@ class Settings:
             decode_budget_mb=_env_float("AGE_DECODE_BUDGET_MB", default.decode_budget_mb),
             decode_wait_s=_env_float("AGE_DECODE_WAIT_S", default.decode_wait_s),
             face_detector=_env_word("AGE_FACE_DETECTOR", default.face_detector),
+            detect_pixels=int(_env_float("AGE_DETECT_PIXELS", default.detect_pixels)),
         )
 
     @property

@@ -3,7 +3,7 @@
 BlazeFace scores real faces and face-like clutter alike between its face threshold and its
 "sure" score (every false face on the detection benchmark's faceless photos scored 0.60-0.65,
 and so did many real faces). ONet, a different network trained on other photos (MIT, the
-weights ``facenet-pytorch`` ships, converted once by ``tools/convert_onet.py``), reads the
+weights ``facenet-pytorch`` ships, converted once by ``tools/convert_mtcnn.py``), reads the
 middle of the face's aligned crop and tells them apart (README, "Face detection").
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 from agegroup.blazeface import small_network_session
 from agegroup.config import PROJECT_ROOT
 
-MODEL_DIR = PROJECT_ROOT / "model" / "onet"
+MODEL_DIR = PROJECT_ROOT / "model" / "mtcnn"
 MODEL_FILE = "onet.onnx"
 INPUT_SIDE = 48
 # ONet reads this middle share of the app's aligned crop (``crop_face``'s UTKFace framing),
@@ -37,13 +37,23 @@ class FaceCheck:
         """The probability that each aligned crop (``crop_face``'s framing) holds a face."""
         if not crops:
             return np.zeros(0, dtype=np.float32)
-        batch = np.stack([to_input(crop) for crop in crops])
+        return self.probabilities(np.stack([to_input(crop) for crop in crops]))
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """ONet's face probability for each of a batch of ``normalised`` 48 x 48 pictures."""
         return self._session.run(None, {"input": batch})[0]
 
 
+def normalised(picture: Image.Image) -> np.ndarray:
+    """An RGB picture as MTCNN's networks read it: CHW, scaled to about -1..1."""
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.float32)
+    return ((pixels - 127.5) / 128.0).transpose(2, 0, 1)
+
+
 def to_input(crop: Image.Image) -> np.ndarray:
-    """ONet's input for one aligned crop: its middle, 48 x 48, CHW, scaled to about -1..1."""
+    """ONet's input for one aligned crop: its middle, 48 x 48, ``normalised``."""
     margin = crop.width * (1 - MIDDLE_SHARE) / 2
     box = (margin, margin, crop.width - margin, crop.height - margin)
-    small = crop.convert("RGB").resize((INPUT_SIDE, INPUT_SIDE), Image.Resampling.BILINEAR, box=box)
-    return ((np.asarray(small, dtype=np.float32) - 127.5) / 128.0).transpose(2, 0, 1)
+    return normalised(
+        crop.convert("RGB").resize((INPUT_SIDE, INPUT_SIDE), Image.Resampling.BILINEAR, box=box)
+    )

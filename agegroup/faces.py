@@ -15,6 +15,9 @@ time (one run of the network costs about 0.2 us per pixel on one core). Candidat
 unsure of get a second look in a small window around them that holds the face near its own
 pixel size (and turned by 25 degrees either way if needed), within a budget of runs: a face
 the search saw only faintly at the finest level is judged again from the photo's own pixels.
+MTCNN (``agegroup/mtcnn.py``) then searches the photo too, for the small and grey faces
+BlazeFace misses, and its faces ONet is very sure of are added (``blazeface-fast`` leaves it
+out: about half the time).
 ``python -m tools.detection_bench`` measures recall, false faces, time and accuracy for both
 detectors and ``python -m tools.bench --stages`` the CPU time of each step (README "Face
 detection", "Benchmark").
@@ -113,7 +116,14 @@ KEYPOINT_TEMPLATE = ((58.1, 58.5), (136.9, 58.5), (98.7, 106.2), (98.4, 143.3))
 # moves most as the head turns.
 KEYPOINT_WEIGHTS = (1.0, 1.0, 0.3, 0.6)
 BLAZE_BOX_IN_CROP = (-0.014, -0.042, 0.99)
-DETECTORS = ("blazeface", "hog")
+# Where MTCNN's box sits in a UTKFace crop (centre offset and side, in crop sides), measured on
+# the same crops (``python -m tools.detection_bench --template 300``).
+MTCNN_BOX_IN_CROP = (-0.027, -0.072, 1.062)
+# MTCNN's faces that BlazeFace did not find are added when ONet gives them at least this.
+MTCNN_SCORE = 0.97
+# "blazeface-fast" leaves out MTCNN (``agegroup.mtcnn``): about half the time, fewer small and
+# grey faces found (README, "Face detection").
+DETECTORS = ("blazeface", "blazeface-fast", "hog")
 DEFAULT_DETECTOR = Settings.face_detector
 # BlazeFace finds faces whose crop is about 24-110 of its input pixels. The photo is searched at
 # scales a factor LEVEL_STEP apart (so the ranges overlap), the finest with at most
@@ -122,7 +132,10 @@ DEFAULT_DETECTOR = Settings.face_detector
 # a face that fills the photo (a portrait, a face cut out for an age dataset) is still one of
 # the network's sizes: on 200 photos that keep the middle half of a UTKFace crop, 64 rather
 # than 96 found 44% rather than 31% (60%: 95% rather than 92.5%), with the same false faces.
-DETECT_PIXELS = 250_000
+DETECT_PIXELS = Settings.detect_pixels
+# AGE_DETECT_PIXELS's range: fewer than this misses faces of a tenth of a photo; more than this
+# is beyond a photo of AGE_WORK_SIZE's default 1600 px side.
+DETECT_PIXELS_RANGE = (40_000, 2_560_000)
 LEVEL_STEP = 3.5
 COARSEST_SIDE = 64
 # The search keeps candidates scoring CANDIDATE_SCORE; the best are looked at again (at most
@@ -222,9 +235,11 @@ def landmark_model_path(setting: str = "auto") -> Path | None:
 class FaceDetector:
     """Finds faces with BlazeFace (default) or dlib's HOG, with landmarks for the alignment.
 
-    ``kind`` is ``"blazeface"`` or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own keypoints
-    align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point model) is used
-    instead when given, and is what aligns HOG's faces. ``hog_on_colourless``: BlazeFace's
+    ``kind`` is ``"blazeface"`` (BlazeFace, and MTCNN for the small and grey faces it misses),
+    ``"blazeface-fast"`` (BlazeFace alone) or ``"hog"`` (``AGE_FACE_DETECTOR``). BlazeFace's own
+    keypoints align its faces unless ``keypoints`` is false; ``landmarks`` (a dlib 5-point
+    model) is used instead when given, and is what aligns HOG's and MTCNN's faces.
+    ``hog_on_colourless``: BlazeFace's
     search of a colourless photo is joined by HOG's, and ``face_check``: the faces BlazeFace is
     not sure of are checked by ONet (both off only to measure what they add). Made once per
     process (the app keeps one; scripts use ``get_detector``).
@@ -245,21 +260,31 @@ class FaceDetector:
 
         if kind not in DETECTORS:
             raise ValueError(f"AGE_FACE_DETECTOR must be one of {DETECTORS}, not {kind!r}")
+        low, high = DETECT_PIXELS_RANGE
+        if not low <= detect_pixels <= high:
+            raise ValueError(f"AGE_DETECT_PIXELS must be {low}-{high}, not {detect_pixels}")
         self.kind = kind
         self._blaze: Any = None
         self._detector: Any = None
-        if kind == "blazeface":
+        blaze = kind != "hog"
+        if blaze:
             from agegroup.blazeface import BlazeFace
 
             self._blaze = BlazeFace(threads=threads)
         self._face_check: Any = None
-        if kind == "blazeface" and face_check:
+        if blaze and face_check:
             from agegroup.face_check import FaceCheck
 
             self._face_check = FaceCheck(threads=threads)
+        self._mtcnn: Any = None
+        if kind == "blazeface":
+            from agegroup.face_check import FaceCheck
+            from agegroup.mtcnn import Mtcnn
+
+            self._mtcnn = Mtcnn(self._face_check or FaceCheck(threads=threads), threads=threads)
         # HOG is the detector of ``hog``, and BlazeFace's partner on colourless photos.
         self._detector = dlib.get_frontal_face_detector()
-        self._keypoints = keypoints and kind == "blazeface"
+        self._keypoints = keypoints and blaze
         self._shape_predictor: Any = None
         if landmarks is not None:
             if not Path(landmarks).is_file():
@@ -290,6 +315,8 @@ class FaceDetector:
         # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
         with self._search_lock:
             boxes = sorted(self._detect_blaze(rgb), key=lambda b: -b.score)
+            if self._mtcnn is not None:
+                boxes += self._mtcnn_faces(rgb, boxes)
             if self._hog_on_colourless and is_colourless(rgb):
                 # Landmarks only for the faces HOG adds, not for those BlazeFace found; each is
                 # checked (HOG's scores are on another scale: none counts as sure).
@@ -297,6 +324,21 @@ class FaceDetector:
                 more = self._checked(rgb, self._with_landmarks(rgb, more), unsure_below=math.inf)
                 boxes += sorted(more, key=lambda b: -b.score)
         return boxes
+
+    def warm_up(self) -> None:
+        """Search a photo of the largest working size once, so that the networks' memory
+        arenas (bounded by the pixel budget) are taken at startup, not by the first large
+        upload: the resting memory is then what the server keeps while it serves."""
+        side = self._detect_side
+        noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        self.detect(Image.fromarray(noise))
+
+    def _mtcnn_faces(self, rgb: Image.Image, found: list[FaceBox]) -> list[FaceBox]:
+        """MTCNN's faces that are not among ``found``, with landmarks, best first."""
+        squares, scores = self._mtcnn(rgb, MTCNN_SCORE, self._detect_pixels)
+        boxes = [_utk_box(b, float(s), None, MTCNN_BOX_IN_CROP) for b, s in zip(squares, scores)]
+        new = [box for box in boxes if not any(_same_face(box, f) for f in found)]
+        return self._with_landmarks(rgb, new)
 
     def _hog_boxes(self, rgb: Image.Image) -> list[FaceBox]:
         """HOG's faces, without landmarks; small ones only when HOG is fairly sure."""
@@ -495,18 +537,25 @@ def _same_face(a: FaceBox, b: FaceBox) -> bool:
     return inside(a, b) or inside(b, a)
 
 
-def _utk_box(box: np.ndarray, score: float, keypoints: np.ndarray) -> FaceBox:
-    """BlazeFace's box as the box HOG would draw (``BOX_TO_CROP`` of UTKFace's crop side).
+def _utk_box(
+    box: np.ndarray,
+    score: float,
+    keypoints: np.ndarray | None,
+    placement: tuple[float, float, float] = BLAZE_BOX_IN_CROP,
+) -> FaceBox:
+    """BlazeFace's (or MTCNN's) box as the box HOG would draw (``BOX_TO_CROP`` of UTKFace's
+    crop side).
 
-    Its eyes, nose tip and mouth become the landmarks; its box is moved and scaled by where it
-    sits on UTKFace crops on average (``BLAZE_BOX_IN_CROP``).
+    BlazeFace's eyes, nose tip and mouth become the landmarks; the box is moved and scaled by
+    where it sits on UTKFace crops on average (``placement``: ``BLAZE_BOX_IN_CROP`` or
+    ``MTCNN_BOX_IN_CROP``).
     """
-    dx, dy, side_ratio = BLAZE_BOX_IN_CROP
+    dx, dy, side_ratio = placement
     x0, y0, x1, y1 = (float(v) for v in box)
     crop_side = max(x1 - x0, y1 - y0) / side_ratio
     cx, cy = (x0 + x1) / 2 - dx * crop_side, (y0 + y1) / 2 - dy * crop_side
     side = BOX_TO_CROP * crop_side
-    points = tuple((float(x), float(y)) for x, y in keypoints[:4])
+    points = None if keypoints is None else tuple((float(x), float(y)) for x, y in keypoints[:4])
     return FaceBox(
         round(cx - side / 2), round(cy - side / 2), round(side), round(side), score, points
     )
@@ -524,8 +573,10 @@ def make_detector(
     threads: int = 1,
     hog_on_colourless: bool = True,
     face_check: bool = True,
+    detect_pixels: int = DETECT_PIXELS,
 ) -> FaceDetector:
-    """The detector ``AGE_FACE_DETECTOR`` and ``AGE_FACE_LANDMARKS`` ask for.
+    """The detector ``AGE_FACE_DETECTOR``, ``AGE_FACE_LANDMARKS`` and ``AGE_DETECT_PIXELS`` ask
+    for.
 
     ``auto`` aligns faces by dlib's packaged 5-point model, found on either detector's boxes
     (on Grace Hopper's face turned 20 degrees, its aligned crop is twice as close to the
@@ -539,8 +590,9 @@ def make_detector(
         "threads": threads,
         "hog_on_colourless": hog_on_colourless,
         "face_check": face_check,
+        "detect_pixels": detect_pixels,
     }
-    if kind == "blazeface" and setting in ("keypoints", "off"):
+    if kind != "hog" and setting in ("keypoints", "off"):
         return FaceDetector(kind=kind, keypoints=setting == "keypoints", **options)
     path = landmark_model_path(landmarks)
     return FaceDetector(kind=kind, landmarks=path, keypoints=path is None, **options)

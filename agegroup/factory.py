@@ -62,12 +62,16 @@ def load_detector(settings: Settings) -> FaceDetector:
     """
     from agegroup.faces import FaceDetector, make_detector
 
-    threads = settings.torch_threads
+    threads, pixels = settings.torch_threads, settings.detect_pixels
     try:
-        return make_detector(settings.face_detector, settings.face_landmarks, threads)
+        return make_detector(
+            settings.face_detector, settings.face_landmarks, threads, detect_pixels=pixels
+        )
     except (OSError, RuntimeError) as exc:
         log.error("face landmarks not loaded (%s); faces are cropped by their boxes", exc)
-        return FaceDetector(kind=settings.face_detector, keypoints=False, threads=threads)
+        return FaceDetector(
+            kind=settings.face_detector, keypoints=False, threads=threads, detect_pixels=pixels
+        )
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Flask:
@@ -92,8 +96,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         except ModelUnavailable as exc:
             load_error = exc.message
             log.error("no model loaded: %s", exc.message)
-    # The face detector is loaded now, not on the first request.
+    # The face detector is loaded (and its working memory taken) now, not on the first request.
     detector = load_detector(settings) if predictor is not None else None
+    if detector is not None:
+        detector.warm_up()
     app.extensions["agegroup"] = AppState(settings, predictor, load_error, detector)
     app.register_blueprint(bp)
 

@@ -18,6 +18,7 @@ from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import (
     COARSEST_SIDE,
     CROP_SIZE,
+    DETECT_PIXELS,
     KEYPOINT_TEMPLATE,
     LANDMARK_TEMPLATE,
     MAX_FACES,
@@ -323,7 +324,7 @@ def test_a_photo_of_the_face_alone_is_found_and_its_crop_has_no_black_border(
     assert min(band.mean() for band in (crop[:5], crop[-5:], crop[:, :5], crop[:, -5:])) > 60
 
 
-@pytest.mark.parametrize("kind", ["blazeface", "hog"])
+@pytest.mark.parametrize("kind", ["blazeface", "blazeface-fast", "hog"])
 def test_detector_without_landmarks_gives_plain_boxes(grace: Image.Image, kind: str) -> None:
     [box] = make_detector(kind, "off").detect(grace)
     assert box.landmarks is None
@@ -476,12 +477,68 @@ def test_detector_setting_picks_hog_or_blazeface(
     assert Settings.from_env().face_detector == "hog"
     monkeypatch.delenv("AGE_FACE_DETECTOR")
     assert Settings.from_env().face_detector == "blazeface"
+    monkeypatch.setenv("AGE_FACE_DETECTOR", "blazeface-fast")
+    assert Settings.from_env().face_detector == "blazeface-fast"
+    monkeypatch.delenv("AGE_FACE_DETECTOR")
     app = create_app(replace(settings, face_detector="hog"))
     assert app.extensions["agegroup"].detector.kind == "hog"
     [face] = post_photo(app.test_client(), grace).get_json()["faces"]
     assert iou(face["box"], GRACE_FACE) > 0.6
     with pytest.raises(ValueError, match="AGE_FACE_DETECTOR"):
         create_app(replace(settings, face_detector="yolo"))
+
+
+def test_detect_pixels_setting_finds_smaller_faces(
+    settings: Settings, grace: Image.Image, monkeypatch
+) -> None:
+    """AGE_DETECT_PIXELS: BlazeFace's finer search finds Grace Hopper's 16 px face in a 1600 x
+    1000 photo, which its default search misses, and reports it as too small to judge."""
+    monkeypatch.setenv("AGE_DETECT_PIXELS", "1000000")
+    assert Settings.from_env().detect_pixels == 1_000_000
+    monkeypatch.delenv("AGE_DETECT_PIXELS")
+    assert Settings.from_env().detect_pixels == DETECT_PIXELS
+    photo = colour_clutter(1600, 1000, seed=5)
+    photo.paste(grace.resize((48, 56), Image.Resampling.BILINEAR), (700, 400))
+    assert make_detector("blazeface-fast").detect(photo) == []
+    fine = replace(settings, face_detector="blazeface-fast", detect_pixels=1_000_000)
+    client = create_app(fine).test_client()
+    [face] = post_photo(client, photo, quality=95).get_json()["faces"]
+    assert face["face_found"] is True and face["low_resolution"] is True
+    fx, fy = 48 / grace.width, 56 / grace.height
+    x, y, w, h = GRACE_FACE
+    assert iou(face["box"], (700 + x * fx, 400 + y * fy, w * fx, h * fy)) > 0.4
+    with pytest.raises(ValueError, match="AGE_DETECT_PIXELS"):
+        create_app(replace(settings, detect_pixels=1000))
+
+
+def test_mtcnn_finds_small_and_grey_faces_blazeface_misses(grace: Image.Image) -> None:
+    """Grace Hopper's face at 16 px in a colour photo, and at 25 px in a wholly grey one:
+    BlazeFace alone finds neither (nor does HOG, on the grey one); with MTCNN both are found,
+    aligned by their landmarks."""
+    small = colour_clutter(1600, 1000, seed=5)
+    small.paste(grace.resize((48, 56), Image.Resampling.BILINEAR), (700, 400))
+    grey = colour_clutter(1200, 800, seed=3).convert("L").convert("RGB")
+    grey.paste(grace.convert("L").resize((70, 82), Image.Resampling.BILINEAR), (300, 300))
+    fast, default = make_detector("blazeface-fast"), get_detector()
+    assert default.kind == "blazeface"
+    for photo, (left, top), (w, h) in ((small, (700, 400), (48, 56)), (grey, (300, 300), (70, 82))):
+        assert fast.detect(photo) == []
+        [box] = default.detect(photo)
+        fx, fy = w / grace.width, h / grace.height
+        x, y, gw, gh = GRACE_FACE
+        assert iou(as_xywh(box), (left + x * fx, top + y * fy, gw * fx, gh * fy)) > 0.4
+        assert box.landmarks is not None and box.low_resolution
+
+
+def test_suppression_keeps_the_best_of_each_face() -> None:
+    from agegroup.mtcnn import squared, suppress
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [2, 2, 6, 6]], np.float32)
+    scores = np.array([0.8, 0.9, 0.7, 0.95], np.float32)
+    assert suppress(boxes, scores, 0.5).tolist() == [3, 1, 2]  # box 0 overlaps box 1 by 0.68
+    # Measured on the smaller box, a box mostly inside a better one goes too.
+    assert suppress(boxes, scores, 0.5, of_smaller=True).tolist() == [3, 2]
+    assert squared(np.array([[0, 0, 10, 20]], np.float32)).tolist() == [[-5, 0, 15, 20]]
 
 
 def test_small_face_in_a_large_photo_is_found(grace: Image.Image) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from agegroup.config import UTKFACE_DIR, Settings
-from agegroup.faces import FaceDetector, make_detector
+from agegroup.faces import DETECT_PIXELS, FaceDetector, make_detector
 from agegroup.training.degrade import jpeg_round_trip
 
 SIZES = (32, 48, 80, 160, 320)
@@ -43,6 +43,7 @@ ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
 TIGHT_KEEP = (0.5, 0.6, 0.7)
 DETECTORS = (
     "blazeface",
+    "blazeface-fast",
     "blazeface-without-hog",
     "blazeface-without-check",
     "blazeface+keypoints",
@@ -313,17 +314,20 @@ def rate(hits: list[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
-def detectors(names: list[str], threads: int) -> dict[str, FaceDetector]:
+def detectors(
+    names: list[str], threads: int, detect_pixels: int = DETECT_PIXELS
+) -> dict[str, FaceDetector]:
     made = {}
     for name in names:
-        if name == "blazeface":
-            made[name] = make_detector("blazeface", "auto", threads)
+        blaze = {"threads": threads, "detect_pixels": detect_pixels}
+        if name in ("blazeface", "blazeface-fast"):
+            made[name] = make_detector(name, "auto", **blaze)
         elif name == "blazeface-without-hog":  # colourless photos searched by BlazeFace alone
-            made[name] = make_detector("blazeface", "auto", threads, hog_on_colourless=False)
+            made[name] = make_detector("blazeface", "auto", hog_on_colourless=False, **blaze)
         elif name == "blazeface-without-check":  # unsure faces kept without ONet's opinion
-            made[name] = make_detector("blazeface", "auto", threads, face_check=False)
+            made[name] = make_detector("blazeface", "auto", face_check=False, **blaze)
         elif name == "blazeface+keypoints":
-            made[name] = make_detector("blazeface", "keypoints", threads)
+            made[name] = make_detector("blazeface", "keypoints", **blaze)
         elif name == "hog":
             made[name] = make_detector("hog", "auto", threads)
         else:
@@ -521,7 +525,7 @@ def measure_template(detector: FaceDetector, crops: list[Image.Image]) -> dict[s
     """
     from agegroup.blazeface import weighted_nms
 
-    points, boxes = [], []
+    points, boxes, mtcnn_boxes = [], [], []
     for crop in crops:
         canvas = Image.new("RGB", (256, 256), (90, 90, 90))
         canvas.paste(crop.resize((100, 100), Image.Resampling.BILINEAR), (78, 78))
@@ -530,18 +534,27 @@ def measure_template(detector: FaceDetector, crops: list[Image.Image]) -> dict[s
             best = int(np.argmax(hits.scores))
             points.append((hits.keypoints[best, :4] - 78) * 2)
             boxes.append((hits.boxes[best] - 78) * 2)
-    b = np.array(boxes)
-    side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        squares, _ = detector._mtcnn(canvas, 0.5, DETECT_PIXELS)  # noqa: SLF001 (best first)
+        if len(squares):
+            mtcnn_boxes.append((squares[0] - 78) * 2)
+
+    def placement(found: list[np.ndarray]) -> list[float]:
+        b = np.array(found)
+        side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        return [
+            round(float(((b[:, 0] + b[:, 2]) / 2 - 100).mean() / 200), 3),
+            round(float(((b[:, 1] + b[:, 3]) / 2 - 100).mean() / 200), 3),
+            round(float(side.mean() / 200), 3),
+        ]
+
     report = {
         "crops": len(crops),
         "found": len(points),
         "keypoint_template": np.round(np.mean(points, axis=0), 1).tolist(),
         "keypoint_sd": np.round(np.std(points, axis=0), 1).tolist(),
-        "box_in_crop": [
-            round(float(((b[:, 0] + b[:, 2]) / 2 - 100).mean() / 200), 3),
-            round(float(((b[:, 1] + b[:, 3]) / 2 - 100).mean() / 200), 3),
-            round(float(side.mean() / 200), 3),
-        ],
+        "box_in_crop": placement(boxes),
+        "mtcnn_found": len(mtcnn_boxes),
+        "mtcnn_box_in_crop": placement(mtcnn_boxes),
     }
     print(json.dumps(report), flush=True)
     return report
@@ -651,6 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", type=Path, default=Settings().lean_model_path)
     parser.add_argument("--threads", type=int, default=1, help="detector and model threads")
+    parser.add_argument(
+        "--detect-pixels",
+        type=int,
+        default=DETECT_PIXELS,
+        help="BlazeFace's finest search level, in pixels (AGE_DETECT_PIXELS)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--template", type=int, metavar="N", help="only measure BlazeFace's template"
@@ -671,11 +690,18 @@ def main(argv: list[str] | None = None) -> int:
         crops, _ = load_crops(args.data, 400, 0)
         photos = face_photos(crops, args.photos, 10_000 + args.seed)
         faceless = faceless_photos(args.faceless, 20_000 + args.seed)
-        made = detectors([n for n in args.detectors.split(",") if n], args.threads)
+        made = detectors(
+            [n for n in args.detectors.split(",") if n], args.threads, args.detect_pixels
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"detection_bench: {exc}", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"photos": len(photos), "faceless": len(faceless), "detection": {}}
+    report: dict[str, Any] = {
+        "photos": len(photos),
+        "faceless": len(faceless),
+        "detect_pixels": args.detect_pixels,
+        "detection": {},
+    }
     grey_photos, grey_faceless = grey_copies(photos, faceless)
     for name, detector in made.items():
         report["detection"][name] = measure_detection(detector, photos, faceless)

@@ -1,0 +1,161 @@
+"""MTCNN's cascade (Zhang et al., 2016), run with onnxruntime: the small and grey faces BlazeFace
+misses.
+
+BlazeFace learned from colour photos and sees faces down to about 16 of its input pixels, so
+small faces in large photos and faces without colour (a black-and-white print in a colour
+scene, an old scan) are where it fails. MTCNN's proposal network (PNet) slides a 12 px window
+over a pyramid of the photo, its refinement network (RNet) judges each proposal again at
+24 x 24, and its output network (ONet, shared with ``agegroup.face_check``) at 48 x 48. Only
+faces ONet is very sure of are added to BlazeFace's (``agegroup.faces``): on the detection
+benchmark they found most of its missed faces without a single false one (README, "Face
+detection"). The networks are facenet-pytorch's weights (MIT), converted once to ONNX by
+``tools/convert_mtcnn.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from agegroup.blazeface import small_network_session
+from agegroup.face_check import MODEL_DIR, FaceCheck, normalised
+
+PNET_FILE = "pnet.onnx"
+RNET_FILE = "rnet.onnx"
+PNET_SIDE = 12  # PNet's window, in pixels of its input
+PNET_STRIDE = 2
+RNET_SIDE = 24
+ONET_SIDE = 48
+# The smallest face searched for (the side of MTCNN's box, photo pixels) unless the finest level
+# would pass the detector's pixel budget (``AGE_DETECT_PIXELS``); each pyramid level is
+# PYRAMID_FACTOR times the one before (MTCNN's own value).
+MIN_FACE = 24
+PYRAMID_FACTOR = 0.709
+# MTCNN's own thresholds for its first two stages, and its box overlaps for suppression.
+PROPOSAL_SCORE = 0.6
+REFINE_SCORE = 0.7
+LEVEL_OVERLAP = 0.5
+OVERLAP = 0.7
+# At most this many proposals go to RNet and refined boxes to ONet, strongest first: a photo of
+# face-like texture stays cheap.
+MAX_PROPOSALS = 100
+MAX_REFINED = 40
+
+
+class Mtcnn:
+    """PNet and RNet in onnxruntime sessions, with ONet from the face check."""
+
+    def __init__(self, face_check: FaceCheck, folder: Path = MODEL_DIR, threads: int = 1) -> None:
+        self._pnet = small_network_session(Path(folder) / PNET_FILE, threads, "MTCNN PNet")
+        self._rnet = small_network_session(Path(folder) / RNET_FILE, threads, "MTCNN RNet")
+        self._onet = face_check
+
+    def __call__(
+        self, rgb: Image.Image, min_score: float, max_pixels: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Square face boxes ``(n, 4)`` as ``x0, y0, x1, y1`` in ``rgb``'s pixels, and ONet's
+        probability for each (at least ``min_score``), best first. PNet's finest level has at
+        most ``max_pixels`` (which bounds the time and the memory of the search)."""
+        boxes = self._refined(rgb, self._proposals(rgb, max_pixels))
+        if not len(boxes):
+            return boxes, np.zeros(0, np.float32)
+        batch = np.stack([normalised(_square_crop(rgb, box, ONET_SIDE)) for box in boxes])
+        scores = self._onet.probabilities(batch)
+        keep = scores >= min_score
+        boxes, scores = boxes[keep], scores[keep]
+        # A face seen at two sizes leaves a box inside another: overlap of the smaller one.
+        kept = suppress(boxes, scores, OVERLAP, of_smaller=True)
+        return boxes[kept], scores[kept]
+
+    def levels(self, width: int, height: int, max_pixels: int) -> list[float]:
+        """The scales PNet searches a ``width`` x ``height`` photo at, finest first."""
+        scale = min(PNET_SIDE / MIN_FACE, math.sqrt(max_pixels / (width * height)))
+        scales: list[float] = []
+        while min(width, height) * scale >= PNET_SIDE:
+            scales.append(scale)
+            scale *= PYRAMID_FACTOR
+        return scales
+
+    def _proposals(self, rgb: Image.Image, max_pixels: int) -> np.ndarray:
+        """PNet's candidate boxes over the pyramid, offsets applied, squared."""
+        found, source = [], rgb
+        for scale in self.levels(rgb.width, rgb.height, max_pixels):
+            size = (math.ceil(rgb.width * scale), math.ceil(rgb.height * scale))
+            # Each level is shrunk from the one before: cheaper than from the photo each time.
+            source = source.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            offsets, probability = self._pnet.run(None, {"input": normalised(source)[None]})
+            ys, xs = np.nonzero(probability[0] >= PROPOSAL_SCORE)
+            if not len(xs):
+                continue
+            back = np.array([rgb.width / size[0], rgb.height / size[1]] * 2, np.float32)
+            corners = np.stack([xs, ys, xs, ys], axis=1) * PNET_STRIDE
+            windows = (corners + np.array([0, 0, PNET_SIDE, PNET_SIDE])) * back
+            scores = probability[0, ys, xs]
+            level = np.column_stack([windows, scores, offsets[0][:, ys, xs].T])
+            found.append(level[suppress(windows, scores, LEVEL_OVERLAP)])
+        if not found:
+            return np.zeros((0, 4), np.float32)
+        every = np.concatenate(found)
+        every = every[suppress(every[:, :4], every[:, 4], OVERLAP)][:MAX_PROPOSALS]
+        return squared(shifted(every[:, :4], every[:, 5:9]))
+
+    def _refined(self, rgb: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        """The proposals RNet takes for faces, offsets applied, squared."""
+        if not len(boxes):
+            return boxes
+        batch = np.stack([normalised(_square_crop(rgb, box, RNET_SIDE)) for box in boxes])
+        offsets, scores = self._rnet.run(None, {"input": batch})
+        keep = np.flatnonzero(scores >= REFINE_SCORE)
+        boxes, offsets, scores = boxes[keep], offsets[keep], scores[keep]
+        kept = suppress(boxes, scores, OVERLAP)[:MAX_REFINED]
+        return squared(shifted(boxes[kept], offsets[kept]))
+
+
+def _square_crop(rgb: Image.Image, box: np.ndarray, side: int) -> Image.Image:
+    """The box's pixels at ``side`` x ``side``; black where it reaches past the photo."""
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    return (
+        rgb.resize((side, side), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+        if (x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height)
+        else rgb.crop((x0, y0, x1, y1)).resize((side, side), Image.Resampling.BILINEAR)
+    )
+
+
+def shifted(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Boxes moved by the networks' offsets (fractions of the box's width and height)."""
+    sides = np.tile(boxes[:, 2:4] - boxes[:, 0:2], 2)
+    return boxes + offsets * sides
+
+
+def squared(boxes: np.ndarray) -> np.ndarray:
+    """Each box made square about its centre, on its longer side."""
+    centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    half = np.max(boxes[:, 2:4] - boxes[:, :2], axis=1, keepdims=True) / 2
+    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+
+
+def suppress(
+    boxes: np.ndarray, scores: np.ndarray, overlap: float, of_smaller: bool = False
+) -> np.ndarray:
+    """Indices of the boxes kept by non-maximum suppression, best score first: a box goes when
+    its intersection with a better one is more than ``overlap`` of their union (or, with
+    ``of_smaller``, of the smaller box)."""
+    order = np.argsort(-scores)
+    areas = np.prod(np.maximum(boxes[:, 2:4] - boxes[:, :2], 0), axis=1)
+    kept = []
+    while len(order):
+        best, rest = order[0], order[1:]
+        kept.append(best)
+        lo = np.maximum(boxes[best, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[best, 2:4], boxes[rest, 2:4])
+        inter = np.prod(np.maximum(hi - lo, 0), axis=1)
+        whole = (
+            np.minimum(areas[best], areas[rest])
+            if of_smaller
+            else areas[best] + areas[rest] - inter
+        )
+        order = rest[inter / np.maximum(whole, 1e-6) <= overlap]
+    return np.array(kept, dtype=np.int64)
