@@ -31,9 +31,11 @@ RNET_SIDE = 24
 ONET_SIDE = 48
 # The smallest face searched for (the side of MTCNN's box, photo pixels) unless the finest level
 # would pass the detector's pixel budget (``AGE_DETECT_PIXELS``); each pyramid level is
-# PYRAMID_FACTOR times the one before (MTCNN's own value).
+# PYRAMID_FACTOR times the one before. Measured on the detection benchmark (README, "Face
+# detection"): 0.6 rather than MTCNN's own 0.709 costs 10% less time for the same recall at 48
+# px and up; faces from 20 px and 300 proposals found more 32 px faces for 20 ms more a photo.
 MIN_FACE = 24
-PYRAMID_FACTOR = 0.709
+PYRAMID_FACTOR = 0.6
 # MTCNN's own thresholds for its first two stages, and its box overlaps for suppression.
 PROPOSAL_SCORE = 0.6
 REFINE_SCORE = 0.7
@@ -115,13 +117,12 @@ class Mtcnn:
 
 
 def _square_crop(rgb: Image.Image, box: np.ndarray, side: int) -> Image.Image:
-    """The box's pixels at ``side`` x ``side``; black where it reaches past the photo."""
+    """The box's pixels at ``side`` x ``side``; black where it reaches past the photo. A large
+    box is first reduced by a whole factor (``reducing_gap``): cheap, and as sharp as needed."""
     x0, y0, x1, y1 = (round(float(v)) for v in box)
-    return (
-        rgb.resize((side, side), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
-        if (x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height)
-        else rgb.crop((x0, y0, x1, y1)).resize((side, side), Image.Resampling.BILINEAR)
-    )
+    inside = x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height
+    region, within = (rgb, (x0, y0, x1, y1)) if inside else (rgb.crop((x0, y0, x1, y1)), None)
+    return region.resize((side, side), Image.Resampling.BILINEAR, box=within, reducing_gap=2.0)
 
 
 def shifted(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
