@@ -119,7 +119,8 @@ class Mtcnn:
 def _square_crop(rgb: Image.Image, box: np.ndarray, side: int) -> Image.Image:
     """The box's pixels at ``side`` x ``side``; black where it reaches past the photo. A large
     box is first reduced by a whole factor (``reducing_gap``): cheap, and as sharp as needed."""
-    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    x0, y0 = round(float(box[0])), round(float(box[1]))
+    x1, y1 = max(round(float(box[2])), x0 + 1), max(round(float(box[3])), y0 + 1)  # never empty
     inside = x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height
     region, within = (rgb, (x0, y0, x1, y1)) if inside else (rgb.crop((x0, y0, x1, y1)), None)
     return region.resize((side, side), Image.Resampling.BILINEAR, box=within, reducing_gap=2.0)
@@ -132,9 +133,10 @@ def shifted(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def squared(boxes: np.ndarray) -> np.ndarray:
-    """Each box made square about its centre, on its longer side."""
+    """Each box made square about its centre, on its longer side (at least 1 px: offsets can
+    turn a box inside out)."""
     centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
-    half = np.max(boxes[:, 2:4] - boxes[:, :2], axis=1, keepdims=True) / 2
+    half = np.maximum(np.max(boxes[:, 2:4] - boxes[:, :2], axis=1, keepdims=True), 1.0) / 2
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 

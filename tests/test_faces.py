@@ -539,6 +539,18 @@ def test_suppression_keeps_the_best_of_each_face() -> None:
     # Measured on the smaller box, a box mostly inside a better one goes too.
     assert suppress(boxes, scores, 0.5, of_smaller=True).tolist() == [3, 2]
     assert squared(np.array([[0, 0, 10, 20]], np.float32)).tolist() == [[-5, 0, 15, 20]]
+    # Offsets can turn a box inside out: it becomes a 1 px box, and its crop is never empty.
+    assert squared(np.array([[10, 10, 4, 6]], np.float32)).tolist() == [[6.5, 7.5, 7.5, 8.5]]
+
+
+@pytest.mark.parametrize(
+    "box", [(10, 10, 10, 10), (10, 10, 4, 6), (-8, -8, -8, -8), (45, 45, 60, 60)]
+)
+def test_mtcnn_crops_any_box_to_its_size(box: tuple[int, int, int, int]) -> None:
+    from agegroup.mtcnn import RNET_SIDE, _square_crop
+
+    crop = _square_crop(colour_clutter(50, 50), np.array(box, np.float32), RNET_SIDE)
+    assert crop.size == (RNET_SIDE, RNET_SIDE) and crop.mode == "RGB"
 
 
 def test_small_face_in_a_large_photo_is_found(grace: Image.Image) -> None:
