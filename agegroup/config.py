@@ -60,8 +60,9 @@ class Settings:
     # Face detector: "blazeface" (MediaPipe's, with MTCNN for the small and grey faces it misses;
     # both via onnxruntime), "blazeface-fast" (BlazeFace alone) or "hog" (dlib's).
     face_detector: str = "blazeface"
-    # BlazeFace's finest search level has at most this many pixels: more finds smaller faces in
-    # large photos and costs time in proportion (README, "Face detection": the trade-off).
+    # The finest search level of BlazeFace (and of MTCNN) has at most this many pixels: more
+    # finds smaller faces in large photos and costs time in proportion (README, "Face
+    # detection": the trade-off).
     detect_pixels: int = 250_000
 
     @classmethod
