@@ -127,6 +127,13 @@ class BlazeFace:
         return Detections(scores, boxes, keypoints)
 
 
+def intersections(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The area each of ``boxes`` shares with ``box`` (all as ``x0, y0, x1, y1``)."""
+    lo = np.maximum(box[:2], boxes[:, :2])
+    hi = np.minimum(box[2:4], boxes[:, 2:4])
+    return np.prod(np.maximum(hi - lo, 0), axis=1)
+
+
 def weighted_nms(found: Detections, overlap: float = 0.3) -> Detections:
     """MediaPipe's blending suppression: overlapping candidates are averaged, score-weighted.
 
@@ -141,9 +148,7 @@ def weighted_nms(found: Detections, overlap: float = 0.3) -> Detections:
     for i in range(len(order)):
         if not remaining[i]:
             continue
-        lo = np.maximum(boxes[i, :2], boxes[:, :2])
-        hi = np.minimum(boxes[i, 2:], boxes[:, 2:])
-        inter = np.prod(np.maximum(hi - lo, 0), axis=1)
+        inter = intersections(boxes[i], boxes)
         iou = inter / np.maximum(areas[i] + areas - inter, 1e-6)
         group = remaining & (iou > overlap)
         remaining &= ~group

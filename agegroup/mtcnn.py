@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegroup.blazeface import small_network_session
+from agegroup.blazeface import intersections, small_network_session
 from agegroup.face_check import MODEL_DIR, FaceCheck, normalised
 
 PNET_FILE = "pnet.onnx"
@@ -152,9 +152,7 @@ def suppress(
     while len(order):
         best, rest = order[0], order[1:]
         kept.append(best)
-        lo = np.maximum(boxes[best, :2], boxes[rest, :2])
-        hi = np.minimum(boxes[best, 2:4], boxes[rest, 2:4])
-        inter = np.prod(np.maximum(hi - lo, 0), axis=1)
+        inter = intersections(boxes[best], boxes[rest])
         whole = (
             np.minimum(areas[best], areas[rest])
             if of_smaller

@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         "--detect-pixels",
         type=int,
         default=DETECT_PIXELS,
-        help="BlazeFace's finest search level, in pixels (AGE_DETECT_PIXELS)",
+        help="the finest search level of BlazeFace and MTCNN, in pixels (AGE_DETECT_PIXELS)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
