@@ -328,7 +328,10 @@ class FaceDetector:
     def warm_up(self) -> None:
         """Search a photo of the largest working size once, so that the networks' memory
         arenas (bounded by the pixel budget) are taken at startup, not by the first large
-        upload: the resting memory is then what the server keeps while it serves."""
+        upload: the resting memory is then what the server keeps while it serves. HOG keeps no
+        arena, so ``hog`` has nothing to warm."""
+        if self._blaze is None:
+            return
         side = self._detect_side
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         self.detect(Image.fromarray(noise))
