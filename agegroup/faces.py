@@ -16,8 +16,8 @@ unsure of get a second look in a small window around them that holds the face ne
 pixel size (and turned by 25 degrees either way if needed), within a budget of runs: a face
 the search saw only faintly at the finest level is judged again from the photo's own pixels.
 MTCNN (``agegroup/mtcnn.py``) then searches the photo too, for the small and grey faces
-BlazeFace misses, and its faces ONet is very sure of are added (``blazeface-fast`` leaves it
-out: about half the time).
+BlazeFace misses, and its faces that ONet takes for faces on both MTCNN's box and the aligned
+crop are added (``blazeface-fast`` leaves it out: about two thirds of the time).
 ``python -m tools.detection_bench`` measures recall, false faces, time and accuracy for both
 detectors and ``python -m tools.bench --stages`` the CPU time of each step (README "Face
 detection", "Benchmark").
@@ -66,6 +66,7 @@ from PIL import Image
 
 from agegroup.blazeface import Detections, weighted_nms
 from agegroup.config import Settings
+from agegroup.mtcnn import same_place
 from agegroup.preprocess import RESAMPLE
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,13 @@ BLAZE_BOX_IN_CROP = (-0.014, -0.042, 0.99)
 # Where MTCNN's box sits in a UTKFace crop (centre offset and side, in crop sides), measured on
 # the same crops (``python -m tools.detection_bench --template 300``).
 MTCNN_BOX_IN_CROP = (-0.027, -0.072, 1.062)
-# MTCNN's faces that BlazeFace did not find are added when ONet gives them at least this.
-MTCNN_SCORE = 0.97
+# MTCNN's faces that BlazeFace did not find are added when ONet's probabilities on MTCNN's box
+# and on the face's aligned crop multiply to at least this. Chosen on photos made from training
+# crops (``tools/detection_bench``'s kind, other seeds): 0.7 found 280 of their faces that
+# BlazeFace missed, with 2 false faces on 600 faceless photos (none on the face photos); ONet's
+# box probability alone from 0.97, the rule before, found 190 (0 false faces), from 0.8 278
+# (8 false).
+MTCNN_SCORE = 0.7
 # "blazeface-fast" leaves out MTCNN (``agegroup.mtcnn``): about half the time, fewer small and
 # grey faces found (README, "Face detection").
 DETECTORS = ("blazeface", "blazeface-fast", "hog")
@@ -314,13 +320,15 @@ class FaceDetector:
         # One search at a time: each holds tens of MB of activations, and the server's
         # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
         with self._search_lock:
-            boxes = sorted(self._detect_blaze(rgb), key=lambda b: -b.score)
+            # Both searches start from the photo at the pixel budget: resized once.
+            finest = self.level_image(rgb, self.levels(rgb.width, rgb.height)[0])
+            boxes = sorted(self._detect_blaze(rgb, finest), key=lambda b: -b.score)
             if self._mtcnn is not None:
-                boxes += self._mtcnn_faces(rgb, boxes)
+                boxes += self._mtcnn_faces(rgb, boxes, finest)
             if self._hog_on_colourless and is_colourless(rgb):
                 # Landmarks only for the faces HOG adds, not for those BlazeFace found; each is
                 # checked (HOG's scores are on another scale: none counts as sure).
-                more = [h for h in self._hog_boxes(rgb) if not any(_same_face(h, b) for b in boxes)]
+                more = _not_found(self._hog_boxes(rgb), boxes)
                 more = self._checked(rgb, self._with_landmarks(rgb, more), unsure_below=math.inf)
                 boxes += sorted(more, key=lambda b: -b.score)
         return boxes
@@ -336,12 +344,25 @@ class FaceDetector:
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         self.detect(Image.fromarray(noise))
 
-    def _mtcnn_faces(self, rgb: Image.Image, found: list[FaceBox]) -> list[FaceBox]:
-        """MTCNN's faces that are not among ``found``, with landmarks, best first."""
-        squares, scores = self._mtcnn(rgb, MTCNN_SCORE, self._detect_pixels)
+    def _mtcnn_faces(
+        self, rgb: Image.Image, found: list[FaceBox], finest: Image.Image
+    ) -> list[FaceBox]:
+        """MTCNN's faces that are not among ``found``, with landmarks, best first.
+
+        ONet judges each face twice: on MTCNN's box and on the aligned crop (the face check).
+        A face is kept when the product of the two is at least MTCNN_SCORE: a real face that
+        MTCNN's box frames badly still scores high on its aligned crop, clutter rarely on both.
+        """
+        squares, scores = self._mtcnn(
+            rgb, MTCNN_SCORE, self._detect_pixels, known=_corners(found), resized=finest
+        )
         boxes = [_utk_box(b, float(s), None, MTCNN_BOX_IN_CROP) for b, s in zip(squares, scores)]
-        new = [box for box in boxes if not any(_same_face(box, f) for f in found)]
-        return self._with_landmarks(rgb, new)
+        new = self._with_landmarks(rgb, _not_found(boxes, found))
+        if not new:
+            return new
+        again = self._mtcnn.face_check([crop_face(rgb, box) for box in new])
+        both = [replace(box, score=box.score * float(p)) for box, p in zip(new, again, strict=True)]
+        return sorted((box for box in both if box.score >= MTCNN_SCORE), key=lambda b: -b.score)
 
     def _hog_boxes(self, rgb: Image.Image) -> list[FaceBox]:
         """HOG's faces, without landmarks; small ones only when HOG is fairly sure."""
@@ -404,12 +425,18 @@ class FaceDetector:
             scales.append(max(scales[-1] / LEVEL_STEP, coarsest))
         return scales
 
-    def _detect_blaze(self, rgb: Image.Image) -> list[FaceBox]:
+    def level_image(self, rgb: Image.Image, scale: float) -> Image.Image:
+        """The photo resized to a search level of ``scale``."""
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        return rgb.resize(size, RESAMPLE, reducing_gap=2.0) if size != rgb.size else rgb
+
+    def _detect_blaze(self, rgb: Image.Image, finest: Image.Image | None = None) -> list[FaceBox]:
+        """BlazeFace's faces; ``finest`` is the photo at the first level (made when not given)."""
 
         multiple = self._blaze.network.multiple
         found = []
         source = rgb
-        for scale in self.levels(rgb.width, rgb.height):
+        for index, scale in enumerate(self.levels(rgb.width, rgb.height)):
             size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
             # Pad to whole cells; the coarsest level gets a margin so a face that fills the
             # photo is still no larger than the network's faces.
@@ -419,11 +446,11 @@ class FaceDetector:
             work = np.zeros((padded[1], padded[0], 3), np.uint8)
             offset = ((padded[0] - size[0]) // 2, (padded[1] - size[1]) // 2)
             # Each level is shrunk from the one before: cheaper than from the photo each time.
-            small = (
-                source.resize(size, RESAMPLE, reducing_gap=2.0) if size != source.size else source
-            )
-            source = small
-            work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = small
+            if index == 0:
+                source = finest if finest is not None else self.level_image(rgb, scale)
+            elif size != source.size:
+                source = source.resize(size, RESAMPLE, reducing_gap=2.0)
+            work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = source
             hits = self._blaze(work, CANDIDATE_SCORE)
             back = np.array([scale, scale])
             origin = np.array(offset, dtype=np.float32)
@@ -528,16 +555,17 @@ def is_colourless(image: Image.Image) -> bool:
     return residual < COLOURLESS_RESIDUAL
 
 
-def _same_face(a: FaceBox, b: FaceBox) -> bool:
-    """Whether either box's centre lies inside the other box."""
+def _corners(boxes: list[FaceBox]) -> np.ndarray:
+    """The boxes as an ``(n, 4)`` array of ``x0, y0, x1, y1``."""
+    return np.array([(b.x, b.y, b.x + b.w, b.y + b.h) for b in boxes], np.float32).reshape(-1, 4)
 
-    def inside(p: FaceBox, q: FaceBox) -> bool:
-        return (
-            abs(p.x + p.w / 2 - (q.x + q.w / 2)) < q.w / 2
-            and abs(p.y + p.h / 2 - (q.y + q.h / 2)) < q.h / 2
-        )
 
-    return inside(a, b) or inside(b, a)
+def _not_found(boxes: list[FaceBox], found: list[FaceBox]) -> list[FaceBox]:
+    """The boxes that are not one of the ``found`` faces seen again (``same_place``)."""
+    if not boxes or not found:
+        return boxes
+    again = same_place(_corners(boxes), _corners(found)).any(axis=1)
+    return [box for box, seen in zip(boxes, again, strict=True) if not seen]
 
 
 def _utk_box(

@@ -6,10 +6,10 @@ small faces in large photos and faces without colour (a black-and-white print in
 scene, an old scan) are where it fails. MTCNN's proposal network (PNet) slides a 12 px window
 over a pyramid of the photo, its refinement network (RNet) judges each proposal again at
 24 x 24, and its output network (ONet, shared with ``agegroup.face_check``) at 48 x 48. Only
-faces ONet is very sure of are added to BlazeFace's (``agegroup.faces``): on the detection
-benchmark they found most of its missed faces without a single false one (README, "Face
-detection"). The networks are facenet-pytorch's weights (MIT), converted once to ONNX by
-``tools/convert_mtcnn.py``.
+faces ONet also takes for faces on their aligned crop are added to BlazeFace's
+(``agegroup.faces``): on the detection benchmark they found most of its missed faces without a
+single false one (README, "Face detection"). The networks are facenet-pytorch's weights (MIT),
+converted once to ONNX by ``tools/convert_mtcnn.py``.
 """
 
 from __future__ import annotations
@@ -48,24 +48,38 @@ MAX_REFINED = 40
 
 
 class Mtcnn:
-    """PNet and RNet in onnxruntime sessions, with ONet from the face check."""
+    """PNet and RNet in onnxruntime sessions, with ONet from the face check (``face_check``,
+    which also judges aligned crops)."""
 
     def __init__(self, face_check: FaceCheck, folder: Path = MODEL_DIR, threads: int = 1) -> None:
         self._pnet = small_network_session(Path(folder) / PNET_FILE, threads, "MTCNN PNet")
         self._rnet = small_network_session(Path(folder) / RNET_FILE, threads, "MTCNN RNet")
-        self._onet = face_check
+        self.face_check = face_check
 
     def __call__(
-        self, rgb: Image.Image, min_score: float, max_pixels: int
+        self,
+        rgb: Image.Image,
+        min_score: float,
+        max_pixels: int,
+        known: np.ndarray | None = None,
+        resized: Image.Image | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Square face boxes ``(n, 4)`` as ``x0, y0, x1, y1`` in ``rgb``'s pixels, and ONet's
         probability for each (at least ``min_score``), best first. PNet's finest level has at
-        most ``max_pixels`` (which bounds the time and the memory of the search)."""
-        boxes = self._refined(rgb, self._proposals(rgb, max_pixels))
+        most ``max_pixels`` (which bounds the time and the memory of the search).
+
+        ``known``: boxes ``(k, 4)`` of faces already found; proposals on them are not judged
+        again (``same_place``). ``resized``: ``rgb`` already resized, used for the pyramid
+        level of its size.
+        """
+        proposals = self._proposals(rgb, max_pixels, resized)
+        if known is not None and len(known) and len(proposals):
+            proposals = proposals[~same_place(proposals, known).any(axis=1)]
+        boxes = self._refined(rgb, proposals)
         if not len(boxes):
             return boxes, np.zeros(0, np.float32)
         batch = np.stack([normalised(_square_crop(rgb, box, ONET_SIDE)) for box in boxes])
-        scores = self._onet.probabilities(batch)
+        scores = self.face_check.probabilities(batch)
         keep = scores >= min_score
         boxes, scores = boxes[keep], scores[keep]
         # A face seen at two sizes leaves a box inside another: overlap of the smaller one.
@@ -81,13 +95,18 @@ class Mtcnn:
             scale *= PYRAMID_FACTOR
         return scales
 
-    def _proposals(self, rgb: Image.Image, max_pixels: int) -> np.ndarray:
+    def _proposals(
+        self, rgb: Image.Image, max_pixels: int, resized: Image.Image | None
+    ) -> np.ndarray:
         """PNet's candidate boxes over the pyramid, offsets applied, squared."""
         found, source = [], rgb
         for scale in self.levels(rgb.width, rgb.height, max_pixels):
-            size = (math.ceil(rgb.width * scale), math.ceil(rgb.height * scale))
+            size = (round(rgb.width * scale), round(rgb.height * scale))
             # Each level is shrunk from the one before: cheaper than from the photo each time.
-            source = source.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            if resized is not None and resized.size == size:
+                source = resized
+            else:
+                source = source.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             offsets, probability = self._pnet.run(None, {"input": normalised(source)[None]})
             ys, xs = np.nonzero(probability[0] >= PROPOSAL_SCORE)
             if not len(xs):
@@ -124,6 +143,17 @@ def _square_crop(rgb: Image.Image, box: np.ndarray, side: int) -> Image.Image:
     inside = x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height
     region, within = (rgb, (x0, y0, x1, y1)) if inside else (rgb.crop((x0, y0, x1, y1)), None)
     return region.resize((side, side), Image.Resampling.BILINEAR, box=within, reducing_gap=2.0)
+
+
+def same_place(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``(n, k)``: whether box i's centre lies inside box j, or box j's inside box i (boxes as
+    ``x0, y0, x1, y1``): the same face seen at two sizes."""
+
+    def centre_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        centre = (a[:, None, :2] + a[:, None, 2:4]) / 2
+        return ((centre >= b[None, :, :2]) & (centre <= b[None, :, 2:4])).all(axis=2)
+
+    return centre_inside(boxes, others) | centre_inside(others, boxes).T
 
 
 def shifted(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -530,6 +530,41 @@ def test_mtcnn_finds_small_and_grey_faces_blazeface_misses(grace: Image.Image) -
         assert box.landmarks is not None and box.low_resolution
 
 
+def test_mtcnn_shares_the_resize_and_skips_faces_already_found(grace: Image.Image) -> None:
+    """In a photo larger than the pixel budget, MTCNN's finest level is BlazeFace's: given the
+    photo already resized to it, MTCNN finds the same boxes. Told where a face was already
+    found, it does not judge that face again."""
+    from agegroup.mtcnn import same_place
+
+    detector = get_detector()
+    photo = colour_clutter(1400, 900, seed=2)
+    photo.paste(grace.resize((120, 140), Image.Resampling.BILINEAR), (600, 300))
+    finest = detector.level_image(photo, detector.levels(*photo.size)[0])
+    mtcnn = detector._mtcnn  # noqa: SLF001 (the default detector's own)
+    scale = mtcnn.levels(*photo.size, DETECT_PIXELS)[0]
+    assert finest.size == (round(1400 * scale), round(900 * scale)) != photo.size
+    boxes, scores = mtcnn(photo, 0.7, DETECT_PIXELS)
+    shared, shared_scores = mtcnn(photo, 0.7, DETECT_PIXELS, resized=finest)
+    np.testing.assert_allclose(shared, boxes)
+    np.testing.assert_allclose(shared_scores, scores)
+    assert len(boxes) == 1 and scores[0] > 0.97
+    assert same_place(boxes, np.array([[600, 300, 720, 440]], np.float32)).all()
+    found = np.array([as_xywh(get_detector().detect(photo)[0])], np.float32)
+    found[:, 2:] += found[:, :2]
+    again, _ = mtcnn(photo, 0.7, DETECT_PIXELS, known=found)
+    assert len(again) == 0
+
+
+def test_same_place_is_a_centre_inside_the_other_box() -> None:
+    from agegroup.mtcnn import same_place
+
+    boxes = np.array([[0, 0, 10, 10], [40, 40, 100, 100]], np.float32)
+    others = np.array([[4, 4, 8, 8], [20, 20, 30, 30], [65, 65, 200, 200]], np.float32)
+    # Box 0 holds the centre of other 0; other 2 holds box 1's centre (70, 70).
+    assert same_place(boxes, others).tolist() == [[True, False, False], [False, False, True]]
+    assert same_place(boxes, others[:0]).shape == (2, 0)
+
+
 def test_suppression_keeps_the_best_of_each_face() -> None:
     from agegroup.mtcnn import squared, suppress
 
