@@ -79,6 +79,15 @@ CROP_SIZE = 200
 # Chosen over 0.6 and 0.8 on photos of the face alone that the detector missed (README, "No face
 # found").
 WHOLE_PHOTO_KEEP = 0.7
+# A photo where no face is found is searched again framed that way when it is at most this
+# many times as long as it is wide: a face cut close is about square, and a panorama's framed
+# copy would be many times its pixels.
+PORTRAIT_MAX_ASPECT = 2.0
+# Only faces at least this share of the photo's longer side are taken from that search: a face
+# cut close fills the photo (its box is 1.3-1.8 times the photo's side when the photo keeps
+# the middle 50-70% of its crop); the false faces it found on the benchmark's grey faceless
+# photos were 0.04-0.13 of it.
+PORTRAIT_MIN_FACE = 0.5
 # HOG box side / UTKFace crop side, and the box centre's offset in crop sides (measured above).
 BOX_TO_CROP = 0.90
 CENTRE_OFFSET = (0.0, 0.0)
@@ -207,6 +216,22 @@ class FaceBox:
         x1, y1 = min(width, self.x + self.w), min(height, self.y + self.h)
         return FaceBox(x0, y0, max(0, x1 - x0), max(0, y1 - y0), self.score, self.landmarks)
 
+    def moved(self, factor: float, left: float, top: float) -> FaceBox:
+        """The box (and landmarks) of a copy shrunk ``factor`` times whose corner is at
+        ``(left, top)``, in the pixels of the image it was copied from."""
+        x, y = self.x * factor + left, self.y * factor + top
+        points = self.landmarks and tuple(
+            (px * factor + left, py * factor + top) for px, py in self.landmarks
+        )
+        return replace(
+            self,
+            x=round(x),
+            y=round(y),
+            w=round(self.w * factor),
+            h=round(self.h * factor),
+            landmarks=points,
+        )
+
     def scaled(self, factor: float) -> tuple[int, int, int, int]:
         """``(x, y, w, h)`` multiplied by ``factor`` and rounded (e.g. to original pixels)."""
         return tuple(round(v * factor) for v in (self.x, self.y, self.w, self.h))  # type: ignore[return-value]
@@ -312,7 +337,9 @@ class FaceDetector:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first.
 
         With BlazeFace, a colourless photo is searched by HOG too; the faces only HOG found
-        follow BlazeFace's (the two detectors' scores are not on one scale).
+        follow BlazeFace's (the two detectors' scores are not on one scale). A photo where
+        none is found is searched again framed as a face cut out close
+        (``_search_as_portrait``).
         """
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self._blaze is None:
@@ -320,18 +347,43 @@ class FaceDetector:
         # One search at a time: each holds tens of MB of activations, and the server's
         # threads share one CPU anyway (4 at once peaked at 617 MB in `tools.bench`).
         with self._search_lock:
-            # Both searches start from the photo at the pixel budget: resized once.
-            finest = self.level_image(rgb, self.levels(rgb.width, rgb.height)[0])
-            boxes = sorted(self._detect_blaze(rgb, finest), key=lambda b: -b.score)
-            if self._mtcnn is not None:
-                boxes += self._mtcnn_faces(rgb, boxes, finest)
-            if self._hog_on_colourless and is_colourless(rgb):
-                # Landmarks only for the faces HOG adds, not for those BlazeFace found; each is
-                # checked (HOG's scores are on another scale: none counts as sure).
-                more = _not_found(self._hog_boxes(rgb), boxes)
-                more = self._checked(rgb, self._with_landmarks(rgb, more), unsure_below=math.inf)
-                boxes += sorted(more, key=lambda b: -b.score)
+            return self._search(rgb) or self._search_as_portrait(rgb)
+
+    def _search(self, rgb: Image.Image, hog: bool = True) -> list[FaceBox]:
+        """BlazeFace's faces, then MTCNN's and (colourless photos, unless not ``hog``) HOG's that
+        it did not find."""
+        # Both searches start from the photo at the pixel budget: resized once.
+        finest = self.level_image(rgb, self.levels(rgb.width, rgb.height)[0])
+        boxes = sorted(self._detect_blaze(rgb, finest), key=lambda b: -b.score)
+        if self._mtcnn is not None:
+            boxes += self._mtcnn_faces(rgb, boxes, finest)
+        if hog and self._hog_on_colourless and is_colourless(rgb):
+            # Landmarks only for the faces HOG adds, not for those BlazeFace found; each is
+            # checked (HOG's scores are on another scale: none counts as sure).
+            more = _not_found(self._hog_boxes(rgb), boxes)
+            more = self._checked(rgb, self._with_landmarks(rgb, more), unsure_below=math.inf)
+            boxes += sorted(more, key=lambda b: -b.score)
         return boxes
+
+    def _search_as_portrait(self, rgb: Image.Image) -> list[FaceBox]:
+        """The faces found when the photo is searched again framed as a face cut out close
+        (``portrait_frame``: in the middle of a square, its edges repeated around it).
+
+        A photo that is the face alone (a portrait, a face cut from a larger picture, as in age
+        datasets) shows no outline of the head, and the detectors often miss it; framed so,
+        they find many of those faces (README, "No face found"). The boxes are in ``rgb``'s
+        pixels and may reach past it; ``crop_face`` repeats its edges there, as the framing
+        did.
+        """
+        if max(rgb.size) > PORTRAIT_MAX_ASPECT * min(rgb.size):
+            return []
+        left, top, right, bottom = portrait_frame(rgb.width, rgb.height)
+        # The framed copy keeps the photo's pixels (its landmarks are read there) up to the
+        # largest photo searched (DETECT_SIDE); HOG, slow on large photos, is left out.
+        shrink = max(1.0, (right - left) / self._detect_side)
+        framed = region_with_edges(rgb, (left, top, right, bottom), shrink)
+        boxes = [box.moved(shrink, left, top) for box in self._search(framed, hog=False)]
+        return [box for box in boxes if box.w >= PORTRAIT_MIN_FACE * max(rgb.size)]
 
     def warm_up(self) -> None:
         """Search a photo of the largest working size once, so that the networks' memory
@@ -735,6 +787,14 @@ def _aligned_crop(image: Image.Image, transform: tuple[float, ...], size: int) -
     )
 
 
+def portrait_frame(width: int, height: int) -> tuple[int, int, int, int]:
+    """The square ``(left, top, right, bottom)``, centred on a ``width`` x ``height`` photo, of
+    which the photo is the middle WHOLE_PHOTO_KEEP: the crop of a face that fills the photo."""
+    side = round(max(width, height) / WHOLE_PHOTO_KEEP)
+    left, top = round((width - side) / 2), round((height - side) / 2)
+    return left, top, left + side, top + side
+
+
 def whole_photo_as_face(image: Image.Image, size: int = CROP_SIZE) -> Image.Image:
     """The whole photo framed as a face that fills it, as a ``size`` x ``size`` RGB crop.
 
@@ -743,10 +803,8 @@ def whole_photo_as_face(image: Image.Image, size: int = CROP_SIZE) -> Image.Imag
     Squished whole into the model, such a face was right about one time in four; framed so,
     about half the time.
     """
-    side = max(image.width, image.height) / WHOLE_PHOTO_KEEP
-    left, top = round((image.width - side) / 2), round((image.height - side) / 2)
-    box = (left, top, left + round(side), top + round(side))
-    region = region_with_edges(image, box, shrink=max(1.0, side / size))
+    box = portrait_frame(image.width, image.height)
+    region = region_with_edges(image, box, shrink=max(1.0, (box[2] - box[0]) / size))
     return region.resize((size, size), RESAMPLE)  # a copy when it is that size already
 
 

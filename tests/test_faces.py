@@ -565,6 +565,25 @@ def test_same_place_is_a_centre_inside_the_other_box() -> None:
     assert same_place(boxes, others[:0]).shape == (2, 0)
 
 
+def test_a_face_cut_close_is_found_when_framed_as_a_portrait(client, grace: Image.Image) -> None:
+    """Grace Hopper's face cut to its middle half (no outline of the head) is missed by the
+    search of the photo as it is, and found when the photo is searched again framed as a face
+    that fills it; the box reaches past the photo and comes back clipped to it."""
+    x, y, w, h = GRACE_FACE
+    cx, cy, half = x + w / 2, y + h / 2, max(w, h) / 4
+    photo = grace.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+    photo = photo.resize((200, 200), Image.Resampling.BICUBIC)
+    detector = get_detector()
+    assert detector._search(photo) == []  # noqa: SLF001 (the search without the framing)
+    [box] = detector.detect(photo)
+    # The whole face is about twice the photo's side, centred on it.
+    assert 1.5 * 200 < box.w < 2.3 * 200
+    assert abs(box.x + box.w / 2 - 100) < 30 and abs(box.y + box.h / 2 - 100) < 30
+    assert box.landmarks is not None
+    [face] = post_photo(client, photo).get_json()["faces"]
+    assert face["face_found"] is True and face["box"] == [0, 0, 200, 200]
+
+
 def test_suppression_keeps_the_best_of_each_face() -> None:
     from agegroup.mtcnn import squared, suppress
 
