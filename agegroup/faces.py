@@ -136,8 +136,8 @@ MTCNN_BOX_IN_CROP = (-0.027, -0.072, 1.062)
 # box probability alone from 0.97, the rule before, found 190 (0 false faces), from 0.8 278
 # (8 false).
 MTCNN_SCORE = 0.7
-# "blazeface-fast" leaves out MTCNN (``agegroup.mtcnn``): about half the time, fewer small and
-# grey faces found (README, "Face detection").
+# "blazeface-fast" leaves out MTCNN (``agegroup.mtcnn``): about two thirds of the default's time
+# per answer, fewer small and grey faces found (README, "Face detection", "Benchmark").
 DETECTORS = ("blazeface", "blazeface-fast", "hog")
 DEFAULT_DETECTOR = Settings.face_detector
 # BlazeFace finds faces whose crop is about 24-110 of its input pixels. The photo is searched at
@@ -394,7 +394,10 @@ class FaceDetector:
             return
         side = self._detect_side
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-        self.detect(Image.fromarray(noise))
+        # One search: the portrait search ``detect`` adds for a faceless photo would search a
+        # copy of the same size again and take no more memory.
+        with self._search_lock:
+            self._search(Image.fromarray(noise))
 
     def _mtcnn_faces(
         self, rgb: Image.Image, found: list[FaceBox], finest: Image.Image
@@ -482,8 +485,8 @@ class FaceDetector:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         return rgb.resize(size, RESAMPLE, reducing_gap=2.0) if size != rgb.size else rgb
 
-    def _detect_blaze(self, rgb: Image.Image, finest: Image.Image | None = None) -> list[FaceBox]:
-        """BlazeFace's faces; ``finest`` is the photo at the first level (made when not given)."""
+    def _detect_blaze(self, rgb: Image.Image, finest: Image.Image) -> list[FaceBox]:
+        """BlazeFace's faces; ``finest`` is the photo at the first level (``level_image``)."""
 
         multiple = self._blaze.network.multiple
         found = []
@@ -499,7 +502,7 @@ class FaceDetector:
             offset = ((padded[0] - size[0]) // 2, (padded[1] - size[1]) // 2)
             # Each level is shrunk from the one before: cheaper than from the photo each time.
             if index == 0:
-                source = finest if finest is not None else self.level_image(rgb, scale)
+                source = finest
             elif size != source.size:
                 source = source.resize(size, RESAMPLE, reducing_gap=2.0)
             work[offset[1] : offset[1] + size[1], offset[0] : offset[0] + size[0]] = source
