@@ -10,15 +10,8 @@ import numpy as np
 
 from agegroup.ages import AgeEstimate
 from agegroup.buckets import BUCKETS
-from agegroup.faces import (
-    MAX_FACES,
-    MIN_FACE_PX,
-    FaceDetector,
-    crop_face,
-    get_detector,
-    select_faces,
-    whole_photo_as_face,
-)
+from agegroup.crops import MIN_FACE_PX, crop_face, whole_photo_as_face
+from agegroup.faces import MAX_FACES, FaceDetector, get_detector, select_faces
 from agegroup.images import DecodedImage
 from agegroup.predictor import ModelInfo, Predictor, predict_groups
 

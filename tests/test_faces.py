@@ -15,25 +15,27 @@ from PIL import Image
 
 from agegroup.analysis import NO_FACE_WARNING
 from agegroup.config import UTKFACE_DIR, Settings
-from agegroup.faces import (
-    COARSEST_SIDE,
+from agegroup.crops import (
     CROP_SIZE,
-    DETECT_PIXELS,
     KEYPOINT_TEMPLATE,
     LANDMARK_TEMPLATE,
-    MAX_FACES,
     FaceBox,
-    FaceDetector,
     Point,
     crop_face,
     crop_region,
+    region_with_edges,
+    whole_photo_as_face,
+)
+from agegroup.faces import (
+    COARSEST_SIDE,
+    DETECT_PIXELS,
+    MAX_FACES,
+    FaceDetector,
     get_detector,
     is_colourless,
     landmark_model_path,
     make_detector,
-    region_with_edges,
     select_faces,
-    whole_photo_as_face,
 )
 from agegroup.factory import create_app
 from agegroup.images import decode_upload

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup.faces import CROP_SIZE, crop_face, get_detector
+from agegroup.crops import CROP_SIZE, crop_face
+from agegroup.faces import get_detector
 from agegroup.training.data import Sample
 from agegroup.training.served_crops import placed_photo, served_crop, served_training_rows
 from agegroup.training.train import CachedImages

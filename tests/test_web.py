@@ -11,7 +11,7 @@ from PIL import Image
 
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
-from agegroup.faces import whole_photo_as_face
+from agegroup.crops import whole_photo_as_face
 from agegroup.factory import create_app
 from agegroup.predictor import predict_flip_averaged
 from agegroup.preprocess import to_model_input

@@ -222,7 +222,8 @@ def stage_profile(settings: Settings, photos: Sequence[bytes]) -> dict[str, floa
     counts less. Each BlazeFace run is recorded under its input size (the search's levels) or
     as a second look; the steps are those of ``agegroup.analysis.analyze``.
     """
-    from agegroup.faces import crop_face, select_faces
+    from agegroup.crops import crop_face
+    from agegroup.faces import select_faces
     from agegroup.factory import load_detector, load_predictor
     from agegroup.images import decode_upload
     from agegroup.predictor import predict_groups

@@ -586,7 +586,7 @@ def _share(value: float | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The README's side-by-side table."""
     names = list(report["detection"])
-    rows = [("faces (photos with faces / faceless)", lambda d: f"{d['faces']}")]
+    rows = [("faces on the photos with faces", lambda d: f"{d['faces']}")]
     rows += [
         (f"recall, {s} px faces", lambda d, s=s: _share(d["recall_by_size"][str(s)])) for s in SIZES
     ]
@@ -633,20 +633,37 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | " + " | ".join(cell(report["detection"][n]) for n in names) + " |"
         )
-    for name, acc in report.get("accuracy", {}).items():
-        lines.append(
-            f"| accuracy through the pipeline ({name}) | {acc['accuracy_pipeline']:.3f} vs "
-            f"{acc['accuracy_original_crops']:.3f} on the original crops ({acc['faces']} faces, "
-            f"{acc['found']:.3f} found) |" + " |" * (len(names) - 1)
-        )
-        tight = acc["tight"]
-        lines.append(
-            f"| accuracy on photos of the face alone ({name}) | "
-            f"{tight['accuracy_tight_photos']:.3f} vs {tight['accuracy_original_crops']:.3f} on "
-            f"the original crops ({tight['faces']} faces, {tight['found']:.3f} found) |"
-            + " |"
-            * (len(names) - 1)
-        )
+    accuracy = report.get("accuracy", {})
+    if accuracy:
+        shown = [n for n in names if n in accuracy]
+        any_acc = accuracy[shown[0]]
+        rows = [
+            (
+                f"accuracy through detect + align + crop ({any_acc['faces']} faces) vs "
+                "their original crops",
+                lambda a: (
+                    f"{a['accuracy_pipeline']:.1%} vs {a['accuracy_original_crops']:.1%} "
+                    f"({a['found']:.1%} found)"
+                ),
+            ),
+            (
+                f"photos of the face alone ({any_acc['tight']['faces']}): accuracy, all / "
+                f"middle {' / '.join(f'{k:.0%}' for k in TIGHT_KEEP)} kept",
+                lambda a: (
+                    f"{a['tight']['accuracy_tight_photos']:.1%} / "
+                    + " / ".join(
+                        f"{a['tight']['accuracy_by_keep'][str(k)]:.1%}" for k in TIGHT_KEEP
+                    )
+                ),
+            ),
+            ("photos of the face alone: face found", lambda a: f"{a['tight']['found']:.1%}"),
+        ]
+        for label, cell in rows:
+            lines.append(
+                f"| {label} | "
+                + " | ".join(cell(accuracy[n]) if n in accuracy else "-" for n in names)
+                + " |"
+            )
     return "\n".join(lines)
 
 

@@ -47,7 +47,8 @@ def soft_mask(side: int) -> Image.Image:
 
 
 def group(face_source: Image.Image) -> Image.Image:
-    from agegroup.faces import crop_face, get_detector
+    from agegroup.crops import crop_face
+    from agegroup.faces import get_detector
 
     [box] = get_detector().detect(face_source)
     face = crop_face(face_source, box)

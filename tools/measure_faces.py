@@ -9,7 +9,7 @@ several sizes into larger cluttered backgrounds, where the face's position is kn
 * with ``--model``: 7-bucket accuracy on the original crops vs. on the pasted photos, with the
   faces aligned by their landmarks and (for comparison) cropped by their boxes only;
 * with ``--template N``: where dlib's 5 landmarks sit on N UTKFace training crops, on average
-  (``agegroup.faces.LANDMARK_TEMPLATE``).
+  (``agegroup.crops.LANDMARK_TEMPLATE``).
 
 Run: ``python -m tools.measure_faces --model runs/r50_64/export.pkl --out faces.json``
 """

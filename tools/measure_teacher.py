@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.buckets import bucket_index
-from agegroup.faces import BOX_TO_CROP
+from agegroup.crops import BOX_TO_CROP
 from agegroup.training.data import DEFAULT_DATA_DIR, image_dir_of, list_samples
 
 

@@ -1,8 +1,8 @@
 """Memory stress: the worst accepted upload of every format, at 1, 4 and 16 concurrent clients.
 
-One command (measure with the training paused, as for any RSS or latency number):
+One command (on an idle machine, as for any RSS or latency number):
 
-    /work/tools/quiet .venv/bin/python -m tools.stress [--clients 1 4 16] [--rounds 3]
+    .venv/bin/python -m tools.stress [--clients 1 4 16] [--rounds 3]
 
 The server starts exactly as on Render: render.yaml's startCommand (the Procfile's, through
 ``testsupport.server``'s launcher) with render.yaml's environment (AGE_RUNTIME=onnx, one worker,

@@ -19,6 +19,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from agegroup.crops import region_with_edges
 from agegroup.preprocess import RESAMPLE
 
 # The degraded test set's seed: one fixed mix of corruptions per file name.
@@ -116,9 +117,7 @@ def tight_framing(image: Image.Image, rng: random.Random) -> Image.Image:
     """The crop the app makes of a face whose photo ends close around it (a portrait, or a face
     already cut out, as age datasets cut them): only the middle 50-90% of the crop's side (its
     centre moved by up to 4% of the side) is photo, and past it the crop repeats the photo's
-    edges, as ``agegroup.faces.region_with_edges`` makes it at serving time."""
-    from agegroup.faces import region_with_edges
-
+    edges, as ``agegroup.crops.region_with_edges`` makes it at serving time."""
     image = image.convert("RGB")
     side = image.width
     inner = max(2, round(side * rng.uniform(0.5, 0.9)))

@@ -1,7 +1,7 @@
 """UTKFace faces cropped the way the app crops uploads: detector, landmarks and alignment.
 
 Training on UTKFace's own crops teaches the model one framing; serving crops every face by
-BlazeFace's box and dlib's landmarks (``agegroup.faces.crop_face``), which frames it a little
+BlazeFace's box and dlib's landmarks (``agegroup.crops.crop_face``), which frames it a little
 differently, more so for small or turned faces. Here every UTKFace image is pasted into a
 larger photo (face side 64-200 px, turned up to 25 degrees, on a smooth background, one
 JPEG round trip), found again by the app's own detector and cropped by ``crop_face``: the
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegroup.faces import CROP_SIZE, FaceBox, crop_face, get_detector
+from agegroup.crops import CROP_SIZE, FaceBox, crop_face
+from agegroup.faces import get_detector
 from agegroup.preprocess import RESAMPLE, to_model_input
 from agegroup.training import data as utk
 from agegroup.training.degrade import jpeg_round_trip, rng_for
