@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The age model trained from scratch on a borrowed single GPU (H200 class, about ten minutes),
 # run ON that machine by the `device` tool. Not yet run on one: no session so far was lent a
-# GPU. Prepare here (the CPU machine), from the repository root:
+# GPU; tests/test_training.py::test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does
+# runs its path (pack, then train from the pack with these options) small on the CPU.
+# Prepare here (the CPU machine), from the repository root:
 #
 #   .venv/bin/python -m agegroup.training.pack --size 112 --quality 80 \
 #       --teacher runs/agev1/ages.npz --out gpu-pack           # ~52 MiB, train split only

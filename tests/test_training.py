@@ -227,3 +227,43 @@ def test_a_mix_of_saved_probabilities_is_scored_with_the_weights_it_is_given(tmp
             assert exc.code == 2
         else:
             raise AssertionError(f"{bad} was mixed")
+
+
+def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(tmp_path):
+    """recipes/gpu_h200.sh's path, small and on the CPU: pack the train split with the
+    teacher's targets, then train from the pack alone with the recipe's options."""
+    from agegroup.training.pack import pack
+    from agegroup.training.train import main as train_main
+
+    data = _synthetic_utkface(tmp_path)
+    samples = list_samples(data)
+    train_names = sorted(s.name for s in samples if not s.is_test)
+    assert 0 < len(train_names) < len(samples)  # the synthetic set has test files to leave out
+    # A teacher file like agev1's: every image, test ones included, log-probabilities of groups.
+    rng = np.random.default_rng(0)
+    groups = rng.dirichlet(np.ones(len(BUCKETS)), size=len(samples))
+    teacher = tmp_path / "ages.npz"
+    np.savez(teacher, names=np.array([s.name for s in samples]), log_probs=np.log(groups))
+
+    out = tmp_path / "gpu-pack"
+    assert pack(data, out, size=32, quality=80, teacher=teacher) > 0
+    packed = list_samples(out / "utkface")
+    assert sorted(s.name for s in packed) == train_names  # the test split never travels
+    assert all(not s.is_test for s in packed)  # each keeps its split, as the names carry it
+    with np.load(out / "teacher.npz") as saved:
+        assert sorted(saved["names"]) == train_names and saved["log_probs"].dtype == np.float16
+        row = {s.name: i for i, s in enumerate(samples)}[str(saved["names"][0])]
+        assert np.allclose(saved["log_probs"][0], np.log(groups[row]), atol=1e-2)
+
+    run = tmp_path / "run"
+    train_main(
+        ["--device", "cpu", "--workers", "2", "--bs", "16", "--size", "32", "--epochs", "1"]
+        + ["--lr", "4e-3", "--wd", "0.05", "--targets", "ages", "--degrade", "0.5"]
+        + ["--tight", "0.3", "--teacher", str(out / "teacher.npz"), "--distill-weight", "0.3"]
+        + ["--data", str(out / "utkface"), "--cache", str(tmp_path / "cache")]
+        + ["--run-dir", str(run), "--out", str(run / "export.pkl")]
+    )
+    saved_args = json.loads((run / "args.json").read_text())
+    assert saved_args["workers"] == 2 and saved_args["teacher"].endswith("teacher.npz")
+    assert (run / "history.csv").is_file()  # what the recipe sends back with the learner
+    assert tuple(load_learner(run / "export.pkl", cpu=True).dls.vocab) == AGE_CLASSES
