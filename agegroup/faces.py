@@ -54,9 +54,10 @@ from agegroup.preprocess import RESAMPLE
 
 log = logging.getLogger(__name__)
 
-# A photo where no face is found is searched again framed that way when it is at most this
-# many times as long as it is wide: a face cut close is about square, and a panorama's framed
-# copy would be many times its pixels.
+# A photo where no face is found is searched again framed as ``portrait_frame`` frames it (the
+# middle of a face's crop, its edges repeated) when it is at most this many times as long as it
+# is wide: a face cut close is about square, and a panorama's framed copy would be many times
+# its pixels.
 PORTRAIT_MAX_ASPECT = 2.0
 # Only faces at least this share of the photo's longer side are taken from that search: a face
 # cut close fills the photo (its box is 1.3-1.8 times the photo's side when the photo keeps
