@@ -628,15 +628,17 @@ def markdown(report: dict[str, Any]) -> str:
             lambda d: f"{d['grey']['ms_per_photo_p50']:.0f} / {d['grey']['ms_per_photo_p95']:.0f}",
         ),
     ]
+
+    def line(label: str, cell: Any, measured: dict[str, Any]) -> str:
+        """One row: ``cell`` of each detector's figures in ``measured`` ("-" where absent)."""
+        cells = (cell(measured[n]) if n in measured else "-" for n in names)
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     lines = ["| measure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for label, cell in rows:
-        lines.append(
-            f"| {label} | " + " | ".join(cell(report["detection"][n]) for n in names) + " |"
-        )
+    lines += [line(label, cell, report["detection"]) for label, cell in rows]
     accuracy = report.get("accuracy", {})
     if accuracy:
-        shown = [n for n in names if n in accuracy]
-        any_acc = accuracy[shown[0]]
+        any_acc = next(iter(accuracy.values()))
         rows = [
             (
                 f"accuracy through detect + align + crop ({any_acc['faces']} faces) vs "
@@ -658,12 +660,7 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             ("photos of the face alone: face found", lambda a: f"{a['tight']['found']:.1%}"),
         ]
-        for label, cell in rows:
-            lines.append(
-                f"| {label} | "
-                + " | ".join(cell(accuracy[n]) if n in accuracy else "-" for n in names)
-                + " |"
-            )
+        lines += [line(label, cell, accuracy) for label, cell in rows]
     return "\n".join(lines)
 
 
