@@ -55,17 +55,11 @@ def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_p
 
     from agegroup.training.train import main
 
-    images = tmp_path / "utk" / "UTKFace"
-    images.mkdir(parents=True)
-    faces = synthetic_faces(60, 40)
-    for i, face in enumerate(faces):
-        Image.fromarray(face).save(
-            images / f"{(i * 7) % 90 + 1}_{i % 2}_{i % 5}_2017{i:09d}.jpg.chip.jpg"
-        )
+    data = _synthetic_utkface(tmp_path)
     run = tmp_path / "run"
     common = [
         "--data",
-        str(tmp_path / "utk"),
+        str(data),
         "--cache",
         str(tmp_path / "cache"),
         "--size",
