@@ -536,6 +536,7 @@ def test_mtcnn_shares_the_resize_and_skips_faces_already_found(grace: Image.Imag
     """In a photo larger than the pixel budget, MTCNN's finest level is BlazeFace's: given the
     photo already resized to it, MTCNN finds the same boxes. Told where a face was already
     found, it does not judge that face again."""
+    from agegroup.faces import _corners
     from agegroup.mtcnn import same_place
 
     detector = get_detector()
@@ -551,9 +552,7 @@ def test_mtcnn_shares_the_resize_and_skips_faces_already_found(grace: Image.Imag
     np.testing.assert_allclose(shared_scores, scores)
     assert len(boxes) == 1 and scores[0] > 0.97
     assert same_place(boxes, np.array([[600, 300, 720, 440]], np.float32)).all()
-    found = np.array([as_xywh(get_detector().detect(photo)[0])], np.float32)
-    found[:, 2:] += found[:, :2]
-    again, _ = mtcnn(photo, 0.7, DETECT_PIXELS, known=found)
+    again, _ = mtcnn(photo, 0.7, DETECT_PIXELS, known=_corners(get_detector().detect(photo)[:1]))
     assert len(again) == 0
 
 
