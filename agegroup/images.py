@@ -30,9 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import AvifImagePlugin, Image, UnidentifiedImageError
 
 from agegroup.errors import CorruptImage, NoImage, ServerBusy, UnsupportedImage, UploadTooLarge
+
+# AVIF (Pillow's own plugin, libavif with dav1d): one decoder thread, as for libvips below; the
+# budget counts one decode's memory, and the host has a fraction of one CPU.
+AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 
 try:  # libvips decodes big PNG/WebP in bounded memory; without it Pillow does (and costs more).
     import pyvips
@@ -45,12 +49,27 @@ except (ImportError, OSError):  # not installed, or its shared library is missin
 log = logging.getLogger(__name__)
 
 # Raster formats a browser can upload as a photo (MPO: the JPEG variant some cameras write).
-# Anything else (TIFF, SVG, PDF, HTML, ...) is 415.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
+# Anything else (TIFF, SVG, PDF, HTML, HEIC, ...) is 415.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP"})
 # The decoders Pillow may try, in order; the JPEG decoder also recognises MPO files.
-_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP")
+# How pages, messages and the API description name them.
+FORMAT_NAMES = "JPEG, PNG, WebP, AVIF, GIF or BMP"
+# Their media types, as browsers label a chosen file.
+MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/avif", "image/gif", "image/bmp")
 
-_UNSUPPORTED = "This file type is not supported. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+_UNSUPPORTED = f"This file type is not supported. Please upload a {FORMAT_NAMES} photo."
+# iPhones save HEIC unless set to "Most Compatible"; its decoders (libheif, libde265) are not
+# exposed to uploads, and a 12-24 megapixel HEIC cannot be shrunk while decoding.
+HEIC_MESSAGE = (
+    "This is an HEIC photo (the iPhone's format), which is not supported. Please upload it as "
+    f"a {FORMAT_NAMES} photo: most photo apps can export a JPEG copy, and an iPhone saves JPEG "
+    "when Settings > Camera > Formats is set to Most Compatible."
+)
+# ISO base media file brands (the ftyp box at the start) of HEIF images with HEVC pictures,
+# and of AVIF images.
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 MB = 1024 * 1024
 # Still PNG/WebP images above this many pixels go through libvips when it is installed
@@ -88,9 +107,23 @@ def _open(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise UploadTooLarge("The image has too many pixels to process.") from exc
     except UnidentifiedImageError as exc:
+        brands = ftyp_brands(data)
+        if brands & _HEIC_BRANDS:
+            raise UnsupportedImage(HEIC_MESSAGE) from exc
+        if brands & _AVIF_BRANDS:  # libavif could not parse it: cut short or damaged
+            raise CorruptImage("The image file is damaged and cannot be read.") from exc
         raise UnsupportedImage(_UNSUPPORTED) from exc
     except Exception as exc:  # Pillow raises many kinds of errors on crafted headers.
         raise CorruptImage("The image file is damaged and cannot be read.") from exc
+
+
+def ftyp_brands(data: bytes) -> frozenset[bytes]:
+    """The major and compatible brands of an ISO base media file (HEIF, AVIF, MP4), if it is one."""
+    if data[4:8] != b"ftyp":
+        return frozenset()
+    box_size = int.from_bytes(data[:4], "big")
+    brands = data[8:12] + data[16 : min(max(box_size, 16), 64)]
+    return frozenset(brands[i : i + 4] for i in range(0, len(brands) - 3, 4))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -201,9 +234,10 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
 
     Pillow: the full-size pixels, a reduced copy of at most a quarter (with a margin: 1.35
     copies in all), and the work-size copies of shrinking, turning and converting. WebP adds
-    libwebp's two canvases and a bytes copy (4 bytes each per pixel), a progressive JPEG its
-    coefficient buffers (2 bytes per sample, whatever the draft scale), a run-length BMP
-    Pillow's Python decoder's two copies. libvips streams the
+    libwebp's two canvases and a bytes copy (4 bytes each per pixel), AVIF libavif's planes and
+    frame (the header does not give their bit depth, so the deepest is counted), a progressive
+    JPEG its coefficient buffers (2 bytes per sample, whatever the draft scale), a run-length
+    BMP Pillow's Python decoder's two copies. libvips streams the
     rows: a fraction of a byte per pixel. The upload itself is held twice meanwhile (the
     form's copy and ``data``).
     """
@@ -227,6 +261,10 @@ def decode_cost(image: Image.Image, data_size: int, work_size: int) -> DecodeCos
         fixed += work_pixels * 9  # the float64 scaling of 16-bit greys
     if image.format == "WEBP":
         per_pixel += 12
+    if image.format == "AVIF":
+        # libavif's planes (up to 12 bits, 4:4:4) and its RGB(A) frame as bytes; dav1d's state.
+        per_pixel += 10
+        fixed += 16 * MB
     if image.tile and image.tile[0][0] == "bmp_rle":
         per_pixel += 3  # Pillow's run-length decoder is Python: a bytearray and a bytes copy
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):

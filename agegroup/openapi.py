@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from agegroup.buckets import BUCKETS
+from agegroup.images import FORMAT_NAMES
 
 EXAMPLE_FACE = {
     "box": [412, 180, 236, 236],
@@ -44,7 +45,7 @@ NO_FACE_EXAMPLE = {
 ERROR_CODES = {
     "400": ("no_image, bad_request", "No file, an empty file, or several files."),
     "413": ("too_large", "Over the upload limit, or too many pixels."),
-    "415": ("unsupported_type", "Not a JPEG, PNG, WebP, GIF or BMP image, whatever its name."),
+    "415": ("unsupported_type", f"Not a {FORMAT_NAMES} image, whatever its name."),
     "422": ("corrupt_image", "A truncated or damaged image."),
     "503": ("model_unavailable", "No model is loaded."),
 }
@@ -212,8 +213,8 @@ def openapi_spec(max_upload_mb: float, server_url: str) -> dict[str, Any]:
                                         "image": {
                                             "type": "string",
                                             "contentMediaType": "application/octet-stream",
-                                            "description": "One JPEG, PNG, WebP, GIF or BMP "
-                                            f"file, at most {max_upload_mb:g} MB.",
+                                            "description": f"One {FORMAT_NAMES} file, at "
+                                            f"most {max_upload_mb:g} MB.",
                                         }
                                     },
                                 }

@@ -26,7 +26,15 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
-from agegroup.images import ANALYSIS_BYTES_PER_PIXEL, DecodedImage, decode_upload, shared_budget
+from agegroup.images import (
+    ANALYSIS_BYTES_PER_PIXEL,
+    FORMAT_NAMES,
+    HEIC_MESSAGE,
+    MEDIA_TYPES,
+    DecodedImage,
+    decode_upload,
+    shared_budget,
+)
 from agegroup.openapi import openapi_spec
 from agegroup.pages import decode_link, encode_link, result_view, shaped_json
 from agegroup.predictor import Predictor
@@ -36,7 +44,6 @@ bp = Blueprint("web", __name__)
 
 # The MIME types the server decodes (agegroup.images.ALLOWED_FORMATS); the page script checks
 # a file against them before uploading it.
-UPLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
 
 
@@ -158,7 +165,9 @@ def _page_settings() -> dict[str, Any]:
         "max_upload_mb": settings.max_upload_mb,
         "max_upload_bytes": settings.max_upload_bytes,
         "work_size": settings.work_size,
-        "upload_types": UPLOAD_TYPES,
+        "upload_types": MEDIA_TYPES,
+        "format_names": FORMAT_NAMES,
+        "heic_message": HEIC_MESSAGE,
         "examples": EXAMPLES,
         "buckets": BUCKETS,
     }

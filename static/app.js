@@ -9,7 +9,7 @@
 
   const LINK_FIELDS = ["model", "image", "faces", "elapsed_ms"]; // agegroup/pages.py
   const FACE_FIELDS = ["box", "face_found", "low_resolution", "probabilities", "age"];
-  const EXTENSIONS = /\.(jpe?g|png|webp|gif|bmp)$/i;
+  const EXTENSIONS = /\.(jpe?g|png|webp|avif|gif|bmp)$/i;
   const LABEL_PX = 13; // box labels, in screen pixels
 
   let chosen = null; // {file, prepared: Promise<{upload, display}>}
@@ -54,10 +54,16 @@
 
   // --- choosing a file -------------------------------------------------------------------
 
+  // An iPhone's HEIC photo: the server cannot read it, but a browser that can (Safari) sends a
+  // JPEG copy made here (prepare).
+  function isHeic(file) {
+    return /^image\/hei[cf]/.test(file.type) || /\.hei[cf]$/i.test(file.name || "");
+  }
+
   function typeProblem(form, file) {
     const types = form.dataset.types.split(",");
-    if (types.includes(file.type) || (!file.type && EXTENSIONS.test(file.name))) return null;
-    return "This file type is not supported. Please upload a JPEG, PNG, WebP, GIF or BMP photo.";
+    if (types.includes(file.type) || (!file.type && EXTENSIONS.test(file.name)) || isHeic(file)) return null;
+    return "This file type is not supported. Please upload a " + form.dataset.formatNames + " photo.";
   }
 
   function sizeProblem(form, blob) {
@@ -88,19 +94,22 @@
   }
 
   // The photo to upload (shrunk to the server's working size when larger, upright by its EXIF
-  // orientation) and a copy to display. A file the browser cannot decode goes up as it is.
+  // orientation; HEIC always as a JPEG) and a copy to display. A file the browser cannot decode
+  // goes up as it is (the server says what is wrong with it), except HEIC: the server cannot
+  // read that, so its message is given here.
   async function prepare(form, file) {
     let bitmap;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch (error) {
+      if (isHeic(file)) return { problem: form.dataset.heicMessage };
       return { upload: file, display: null };
     }
     const scale = Math.min(1, Number(form.dataset.workSize) / Math.max(bitmap.width, bitmap.height));
     const canvas = canvasFor(bitmap, Math.round(bitmap.width * scale), Math.round(bitmap.height * scale));
     bitmap.close();
     let upload = file;
-    if (scale < 1) {
+    if (scale < 1 || isHeic(file)) {
       const blob = await toBlob(canvas, "image/jpeg", 0.9);
       upload = new File([blob], file.name.replace(/\.[^.]*$/, "") + ".jpg", { type: "image/jpeg" });
     }
@@ -134,12 +143,13 @@
     chosen = entry;
     say(form, note + (file.name || "The image") + " (" + formatSize(file.size) + ") is ready.");
     entry.prepared.then((prepared) => {
-      const tooLarge = sizeProblem(form, prepared.upload);
-      if (tooLarge && chosen === entry) {
+      if (chosen !== entry) return;
+      const problem = prepared.problem || sizeProblem(form, prepared.upload);
+      if (problem) {
         chosen = null;
         input.value = "";
         hidePreview(form);
-        showError(form, tooLarge + " (" + formatSize(file.size) + ")");
+        showError(form, problem + " (" + (prepared.problem ? file.name : formatSize(file.size)) + ")");
       }
     });
     return true;
@@ -212,6 +222,7 @@
     say(form, "Preparing the photo...");
     try {
       const prepared = await entry.prepared;
+      if (prepared.problem) throw new Error(prepared.problem);
       const tooLarge = sizeProblem(form, prepared.upload);
       if (tooLarge) throw new Error(tooLarge);
       const answer = await send(form, prepared.upload);

@@ -27,7 +27,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.factory import create_app
 from testsupport.browser import FAKE_CAMERA_ARGS, chromium_path, launch_chromium, serving
-from testsupport.uploads import image_bytes
+from testsupport.uploads import heic_start, image_bytes
 
 VIEWPORT = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -356,6 +356,14 @@ def test_drop_a_photo_anywhere_then_a_wrong_file_then_two_files(watched_page, li
     tab.evaluate(DROP_FILE, [encoded(note), note.name, "text/plain"])
     expect(tab.locator("#form-error")).to_contain_text("not supported")
     expect(tab.locator("#form-error")).to_contain_text("BMP")
+    expect(tab.locator("#preview")).to_be_hidden()
+    assert tab.eval_on_selector("#image-input", files) == []
+
+    # An iPhone's HEIC photo, which Chromium cannot decode either: the server's advice, here.
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(heic_start())
+    tab.evaluate(DROP_FILE, [encoded(heic), heic.name, "image/heic"])
+    expect(tab.locator("#form-error")).to_contain_text("Most Compatible")
     expect(tab.locator("#preview")).to_be_hidden()
     assert tab.eval_on_selector("#image-input", files) == []
 

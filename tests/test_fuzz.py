@@ -1,4 +1,4 @@
-"""Fuzz the upload path with mutated JPEG, PNG, WebP and GIF files: never a 500, never a leak.
+"""Fuzz the upload path with mutated JPEG, PNG, WebP, AVIF and GIF files: never a 500, never a leak.
 
 Mutations: truncation, flipped and overwritten bytes, inserted junk, a wrong magic number and
 absurd dimensions written into the header (with a valid checksum, so the parsers believe it).
@@ -50,6 +50,7 @@ def _seed_files() -> dict[str, bytes]:
         ("png-palette", "PNG", {"optimize": True}),
         ("webp", "WEBP", {"quality": 70}),
         ("webp-lossless", "WEBP", {"lossless": True}),
+        ("avif", "AVIF", {"quality": 60}),
         ("gif", "GIF", {}),
     ]:
         image = photo.quantize(16) if name == "png-palette" else photo
@@ -68,6 +69,8 @@ MAGICS = [
     b"\xff\xd8\xff",
     b"\x89PNG\r\n\x1a\n",
     b"RIFF\0\0\0\0WEBPVP8 ",
+    b"\0\0\0\x1cftypavif",
+    b"\0\0\0\x1cftypheic",
     b"GIF89a",
     b"BM",
     b"II*\0",

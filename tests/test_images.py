@@ -13,7 +13,7 @@ from PIL import Image
 from agegroup.config import PROJECT_ROOT
 from agegroup.errors import CorruptImage, NoImage, UnsupportedImage, UploadTooLarge
 from agegroup.images import decode_upload
-from testsupport.uploads import image_bytes, png_claiming
+from testsupport.uploads import heic_start, image_bytes, png_claiming
 
 MAX_PIXELS = 50_000_000
 WORK = 256
@@ -43,6 +43,8 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS, work: int = WORK):
         ("PNG", "1", {}),
         ("WEBP", "RGB", {"lossless": True}),
         ("WEBP", "RGBA", {}),
+        ("AVIF", "RGB", {}),
+        ("AVIF", "RGBA", {}),
         ("GIF", "P", {}),
         ("BMP", "RGB", {}),
     ],
@@ -68,13 +70,18 @@ def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
     assert 120 <= decoded.image.getpixel((0, 0))[0] <= 135
 
 
-def test_exif_orientation_turns_the_photo_upright() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "AVIF"])
+def test_exif_orientation_turns_the_photo_upright(fmt: str) -> None:
+    """JPEG keeps the tag in EXIF; AVIF stores it as the container's rotation (irot)."""
     image = gradient(60, 40)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
-    decoded = decode(image_bytes(image, "JPEG", exif=exif.tobytes()))
+    decoded = decode(image_bytes(image, fmt, exif=exif.tobytes()))
     assert decoded.image.size == (40, 60)
     assert (decoded.width, decoded.height) == (40, 60)
+    # Turned clockwise: the stored image's left column (red 0, blue 255) is now the top row.
+    top_left = decoded.image.getpixel((0, 0))
+    assert top_left[0] < 60 and top_left[2] > 190
 
 
 def test_damaged_exif_leaves_the_image_as_it_is() -> None:
@@ -131,6 +138,21 @@ def test_other_raster_formats_are_unsupported(fmt: str) -> None:
         decode(image_bytes(gradient(32, 32), fmt))
 
 
+@pytest.mark.parametrize(
+    ("major", "compatible"),
+    [(b"heic", b"mif1heicmiaf"), (b"mif1", b"mif1heic"), (b"heix", b"mif1heix")],
+    ids=["iphone", "mif1-major", "10-bit"],
+)
+def test_heic_is_unsupported_with_a_way_out(major: bytes, compatible: bytes) -> None:
+    with pytest.raises(UnsupportedImage, match="HEIC photo .* Most Compatible"):
+        decode(heic_start(major, compatible))
+
+
+def test_an_avif_that_libavif_cannot_parse_is_damaged() -> None:
+    with pytest.raises(CorruptImage, match="damaged"):
+        decode(heic_start(b"avif", b"mif1avifmiaf"))
+
+
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(UploadTooLarge):
         decode(png_claiming(100_000, 100_000))
@@ -146,7 +168,7 @@ def test_a_header_with_no_pixels_is_refused_as_unsupported() -> None:
         decode(png_claiming(0, 10))
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "AVIF", "GIF"])
 def test_truncated_files_are_corrupt(fmt: str) -> None:
     data = image_bytes(Image.effect_noise((64, 64), 60).convert("RGB"), fmt)
     with pytest.raises(CorruptImage, match="damaged"):

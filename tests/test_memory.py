@@ -70,6 +70,7 @@ def test_a_waiting_decode_starts_as_soon_as_room_is_freed() -> None:
         pytest.param("vips", {"png_rgba": 4000, "webp_lossless": 4000}, marks=needs_vips),
         ("pillow", {"png_rgba": 3000, "png_interlaced": 2500, "webp_lossless": 2500}),
         ("pillow", {"gif": 4000, "bmp_rle8": 6000, "jpeg_progressive": 3000}),
+        ("pillow", {"avif_deep": 1600}),
     ],
 )
 def test_every_estimate_covers_the_real_peak(decoder: str, files: dict[str, int]) -> None:

@@ -13,11 +13,12 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.crops import whole_photo_as_face
 from agegroup.factory import create_app
+from agegroup.images import FORMAT_NAMES
 from agegroup.predictor import predict_flip_averaged
 from agegroup.preprocess import to_model_input
 from testsupport.images import synthetic_faces
 from testsupport.learner import export_tiny_learner
-from testsupport.uploads import image_bytes, png_claiming, post
+from testsupport.uploads import heic_start, image_bytes, png_claiming, post
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -324,12 +325,28 @@ def test_a_file_that_is_not_an_image_is_415_whatever_its_name(client, face_jpeg,
     assert_still_serving(client, face_jpeg)
 
 
+def test_an_avif_photo_is_predicted_as_its_lossless_png_is(client):
+    upright = photo((160, 120), seed=6)
+    avif = post(client, image_bytes(upright, "AVIF", lossless=True), filename="web.avif")
+    png = post(client, image_bytes(upright, "PNG"), filename="web.png").get_json()
+    assert avif.status_code == 200, avif.get_json()
+    assert avif.get_json()["image"] == {"width": 160, "height": 120}
+    assert [f["box"] for f in avif.get_json()["faces"]] == [f["box"] for f in png["faces"]]
+
+
+def test_an_iphone_heic_photo_is_415_and_says_how_to_send_it(client, face_jpeg):
+    response = post(client, heic_start(), filename="IMG_0001.HEIC")
+    assert_json_error(response, 415, "unsupported_type")
+    assert "Most Compatible" in response.get_json()["error"]["message"]
+    assert_still_serving(client, face_jpeg)
+
+
 def test_html_errors_are_pages_with_the_message(client):
     response = post(client, b"not an image", path="/predict")
     html = response.get_data(as_text=True)
     assert response.status_code == 415
     assert "text/html" in response.headers["Content-Type"]
-    assert "JPEG, PNG, WebP, GIF or BMP" in html and "Traceback" not in html
+    assert FORMAT_NAMES in html and "Traceback" not in html
     assert 'id="upload-form"' in html and "<h1" in html  # the error page carries the form
 
 

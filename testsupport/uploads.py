@@ -78,3 +78,13 @@ def png_claiming(width: int, height: int, color_type: int = 2) -> bytes:
         + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024, 9))
         + png_chunk(b"IEND", b"")
     )
+
+
+def heic_start(major: bytes = b"heic", compatible: bytes = b"mif1heicmiaf") -> bytes:
+    """The first boxes of an iPhone's HEIC photo (ftyp with its brands, then meta), and filler:
+    enough to be recognised, not decoded (no HEVC decoder is installed)."""
+    ftyp = major + b"\0\0\0\0" + compatible
+    handler = b"\0" * 8 + b"pict" + b"\0" * 13
+    hdlr = struct.pack(">I", 8 + len(handler)) + b"hdlr" + handler
+    meta = struct.pack(">I", 12 + len(hdlr)) + b"meta\0\0\0\0" + hdlr
+    return struct.pack(">I", 8 + len(ftyp)) + b"ftyp" + ftyp + meta + b"\0" * 512

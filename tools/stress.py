@@ -10,7 +10,7 @@ its thread count, MALLOC_ARENA_MAX=2) and the shipped model. Run it with the Pyt
 made from requirements-render.txt to measure what Render runs.
 
 Each client sends, in a fixed-seed order, the worst files (small files that decode big:
-PNG, WebP, GIF, BMP, progressive and baseline JPEG at the largest pixel count this server
+PNG, WebP, AVIF, GIF, BMP, progressive and baseline JPEG at the largest pixel count this server
 accepts for each, a 10 MB noise JPEG, and one just over the limit), each followed by a normal
 photo. It reports, per concurrency: peak RSS of the whole server (VmHWM of every process,
 reset before the burst), resting RSS before and one second after, status counts, refusals
@@ -94,6 +94,12 @@ def bmp_rle8(side: int) -> bytes:
     return head + info + palette + pixels
 
 
+def avif_deep(side: int) -> bytes:
+    """12-bit 4:4:4 AVIF with alpha: libavif's deepest planes, then an RGBA frame."""
+    stripes = _vips_stripes(side, side, 4)
+    return stripes.heifsave_buffer(compression="av1", bitdepth=12, subsample_mode="off", effort=0)
+
+
 def jpeg_progressive(side: int) -> bytes:
     """A progressive JPEG keeps every coefficient of the full image, whatever the draft."""
     return _vips_stripes(side, side, 3, period=256).jpegsave_buffer(Q=70, interlace=True)
@@ -122,6 +128,7 @@ WORST: dict[str, Callable[[int], bytes]] = {
     "png_rgba": png_rgba,
     "png_interlaced": png_interlaced,
     "webp_lossless": webp_lossless,
+    "avif_deep": avif_deep,
     "gif": gif,
     "bmp_rle8": bmp_rle8,
     "jpeg_progressive": jpeg_progressive,
