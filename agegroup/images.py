@@ -36,6 +36,8 @@ from agegroup.errors import CorruptImage, NoImage, ServerBusy, UnsupportedImage,
 
 # AVIF (Pillow's own plugin, libavif with dav1d): one decoder thread, as for libvips below; the
 # budget counts one decode's memory, and the host has a fraction of one CPU.
+if not AvifImagePlugin.SUPPORTED:
+    raise ImportError("This Pillow cannot read AVIF: install Pillow 11.3 or later from its wheels.")
 AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 
 try:  # libvips decodes big PNG/WebP in bounded memory; without it Pillow does (and costs more).
