@@ -32,11 +32,14 @@ from agegroup.preprocess import RESAMPLE
 # UTKFace crops are 200 x 200; crops are made at that size so that training and serving
 # shrink them to the model's input in the same way.
 CROP_SIZE = 200
-# Without a face found, the photo is read as a face that fills it (a close portrait, a face
-# already cut out): the middle WHOLE_PHOTO_KEEP of a crop's side, its edges repeated past it.
-# Chosen over 0.6 and 0.8 on photos of the face alone that the detector missed
-# (docs/face-detection.md, "No face found").
-WHOLE_PHOTO_KEEP = 0.7
+# A photo of the face alone (a close portrait, a face already cut out) is the middle of a
+# UTKFace-like crop, its edges repeated past it. The detector's second search frames such a
+# photo as the middle PORTRAIT_SEARCH_KEEP of a crop's side (docs/face-detection.md, "Searched
+# again as a portrait"). Without a face found even then, the photo is read as the middle
+# WHOLE_PHOTO_KEEP: what is still missed are the faces cut closest, and with the served model
+# 0.6 was right more often than 0.7 on 310 of them (docs/face-detection.md, "No face found").
+PORTRAIT_SEARCH_KEEP = 0.7
+WHOLE_PHOTO_KEEP = 0.6
 # HOG box side / UTKFace crop side, and the box centre's offset in crop sides: on 385 UTKFace
 # crops the HOG box is centred on the crop with a side of 0.90 of it.
 BOX_TO_CROP = 0.90
@@ -210,10 +213,10 @@ def _aligned_crop(image: Image.Image, transform: tuple[float, ...], size: int) -
     )
 
 
-def portrait_frame(width: int, height: int) -> tuple[int, int, int, int]:
+def portrait_frame(width: int, height: int, keep: float) -> tuple[int, int, int, int]:
     """The square ``(left, top, right, bottom)``, centred on a ``width`` x ``height`` photo, of
-    which the photo is the middle WHOLE_PHOTO_KEEP: the crop of a face that fills the photo."""
-    side = round(max(width, height) / WHOLE_PHOTO_KEEP)
+    which the photo is the middle ``keep`` of the side: the crop of a face that fills the photo."""
+    side = round(max(width, height) / keep)
     left, top = round((width - side) / 2), round((height - side) / 2)
     return left, top, left + side, top + side
 
@@ -226,7 +229,7 @@ def whole_photo_as_face(image: Image.Image, size: int = CROP_SIZE) -> Image.Imag
     Squished whole into the model, such a face was right about one time in four; framed so,
     about half the time.
     """
-    box = portrait_frame(image.width, image.height)
+    box = portrait_frame(image.width, image.height, WHOLE_PHOTO_KEEP)
     region = region_with_edges(image, box, shrink=max(1.0, (box[2] - box[0]) / size))
     return region.resize((size, size), RESAMPLE)  # a copy when it is that size already
 

@@ -48,7 +48,14 @@ from PIL import Image
 
 from agegroup.blazeface import Detections, weighted_nms
 from agegroup.config import Settings
-from agegroup.crops import BOX_TO_CROP, FaceBox, crop_face, portrait_frame, region_with_edges
+from agegroup.crops import (
+    BOX_TO_CROP,
+    PORTRAIT_SEARCH_KEEP,
+    FaceBox,
+    crop_face,
+    portrait_frame,
+    region_with_edges,
+)
 from agegroup.mtcnn import same_place
 from agegroup.preprocess import RESAMPLE
 
@@ -286,7 +293,7 @@ class FaceDetector:
         """
         if max(rgb.size) > PORTRAIT_MAX_ASPECT * min(rgb.size):
             return []
-        left, top, right, bottom = portrait_frame(rgb.width, rgb.height)
+        left, top, right, bottom = portrait_frame(rgb.width, rgb.height, PORTRAIT_SEARCH_KEEP)
         # The framed copy keeps the photo's pixels (its landmarks are read there) up to the
         # largest photo searched (DETECT_SIDE); HOG, slow on large photos, is left out.
         shrink = max(1.0, (right - left) / self._detect_side)

@@ -212,20 +212,20 @@ def test_region_past_the_photo_repeats_its_edges() -> None:
 
 
 def test_whole_photo_is_framed_as_a_face_that_fills_it() -> None:
-    pixels = np.random.default_rng(1).integers(0, 256, (100, 140, 3), np.uint8)
+    pixels = np.random.default_rng(1).integers(0, 256, (90, 120, 3), np.uint8)
     framed = np.asarray(whole_photo_as_face(Image.fromarray(pixels)))
-    # 140 px is WHOLE_PHOTO_KEEP (0.7) of the 200 px crop: the photo sits in its middle as it
+    # 120 px is WHOLE_PHOTO_KEEP (0.6) of the 200 px crop: the photo sits in its middle as it
     # is, and past it the photo's edges repeat.
     assert framed.shape == (CROP_SIZE, CROP_SIZE, 3)
-    assert np.array_equal(framed[50:150, 30:170], pixels)
-    assert (framed[:50, 30:170] == pixels[0]).all() and (framed[150:, 30:170] == pixels[-1]).all()
-    assert np.array_equal(framed[50:150, :30], np.repeat(pixels[:, :1], 30, axis=1))
+    assert np.array_equal(framed[55:145, 40:160], pixels)
+    assert (framed[:55, 40:160] == pixels[0]).all() and (framed[145:, 40:160] == pixels[-1]).all()
+    assert np.array_equal(framed[55:145, :40], np.repeat(pixels[:, :1], 40, axis=1))
     # A large photo is shrunk on the way, to the same framing (a smooth photo, so that shrinking
     # it changes little).
-    y, x = np.mgrid[0:1000, 0:1400]
-    smooth = np.stack([x * 255 // 1400, y * 255 // 1000, (x + y) * 255 // 2400], -1)
+    y, x = np.mgrid[0:900, 0:1200]
+    smooth = np.stack([x * 255 // 1200, y * 255 // 900, (x + y) * 255 // 2100], -1)
     large = Image.fromarray(smooth.astype(np.uint8))
-    small = large.resize((140, 100), Image.Resampling.BOX)
+    small = large.resize((120, 90), Image.Resampling.BOX)
     shrunk = np.asarray(whole_photo_as_face(large)).astype(int)
     assert shrunk.shape == (CROP_SIZE, CROP_SIZE, 3)
     assert np.abs(shrunk - np.asarray(whole_photo_as_face(small)).astype(int)).max() <= 3
