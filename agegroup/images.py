@@ -57,7 +57,8 @@ ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP"}
 _OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP")
 # How pages, messages and the API description name them.
 FORMAT_NAMES = "JPEG, PNG, WebP, AVIF, GIF or BMP"
-# Their media types, as browsers label a chosen file.
+# Their media types, as browsers label a chosen file: the page script checks a file against
+# them before uploading it.
 MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/avif", "image/gif", "image/bmp")
 
 _UNSUPPORTED = f"This file type is not supported. Please upload a {FORMAT_NAMES} photo."

@@ -42,8 +42,6 @@ from agegroup.predictor import Predictor
 log = logging.getLogger(__name__)
 bp = Blueprint("web", __name__)
 
-# The MIME types the server decodes (agegroup.images.ALLOWED_FORMATS); the page script checks
-# a file against them before uploading it.
 EXAMPLES_DIR = PROJECT_ROOT / "static" / "examples"
 
 
