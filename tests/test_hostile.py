@@ -14,7 +14,15 @@ from PIL import Image
 
 from agegroup.buckets import BUCKETS
 from testsupport.images import face_jpeg, synthetic_faces
-from testsupport.uploads import image_bytes, multipart, png_claiming, post, post_body
+from testsupport.uploads import (
+    avif_claiming,
+    heic_start,
+    image_bytes,
+    multipart,
+    png_claiming,
+    post,
+    post_body,
+)
 
 # --- watching the disk ---------------------------------------------------------------------
 # An audit hook sees every file opened for writing and every temporary file, whichever library
@@ -69,6 +77,9 @@ HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></bod
 CRAFTED = {
     # name: (bytes, filename, expected status, expected error code or None for a prediction)
     "decompression bomb": (png_claiming(100_000, 100_000), "bomb.png", 413, "too_large"),
+    "avif claiming 9000 x 9000": (avif_claiming(9000, 9000), "bomb.avif", 413, "too_large"),
+    "avif claiming 60000 x 60000": (avif_claiming(60000, 60000), "huge.avif", 422, "corrupt_image"),
+    "iphone heic": (heic_start(), "IMG_0003.HEIC", 415, "unsupported_type"),
     "gif with 3000 frames": (gif_with_frames(3000), "many.gif", 200, None),
     "multi-page tiff": (multi_page_tiff(), "pages.tiff", 415, "unsupported_type"),
     "svg": (SVG, "drawing.svg", 415, "unsupported_type"),

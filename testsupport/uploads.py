@@ -80,6 +80,14 @@ def png_claiming(width: int, height: int, color_type: int = 2) -> bytes:
     )
 
 
+def avif_claiming(width: int, height: int) -> bytes:
+    """A real 64 x 48 AVIF whose image size box (ispe) claims ``width`` x ``height`` pixels."""
+    data = bytearray(image_bytes(Image.new("RGB", (64, 48), (90, 60, 40)), "AVIF"))
+    at = data.index(b"ispe") + 8  # after the box type, its version and flags
+    data[at : at + 8] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
 def heic_start(major: bytes = b"heic", compatible: bytes = b"mif1heicmiaf") -> bytes:
     """The first boxes of an iPhone's HEIC photo (ftyp with its brands, then meta), and filler:
     enough to be recognised, not decoded (no HEVC decoder is installed)."""
