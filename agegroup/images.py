@@ -62,6 +62,7 @@ FORMAT_NAMES = "JPEG, PNG, WebP, AVIF, GIF or BMP"
 MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/avif", "image/gif", "image/bmp")
 
 _UNSUPPORTED = f"This file type is not supported. Please upload a {FORMAT_NAMES} photo."
+_DAMAGED_HEADER = "The image file is damaged and cannot be read."
 # iPhones save HEIC unless set to "Most Compatible"; its decoders (libheif, libde265) are not
 # exposed to uploads, and a 12-24 megapixel HEIC cannot be shrunk while decoding.
 HEIC_MESSAGE = (
@@ -114,10 +115,10 @@ def _open(data: bytes) -> Image.Image:
         if brands & _HEIC_BRANDS:
             raise UnsupportedImage(HEIC_MESSAGE) from exc
         if brands & _AVIF_BRANDS:  # libavif could not parse it: cut short or damaged
-            raise CorruptImage("The image file is damaged and cannot be read.") from exc
+            raise CorruptImage(_DAMAGED_HEADER) from exc
         raise UnsupportedImage(_UNSUPPORTED) from exc
     except Exception as exc:  # Pillow raises many kinds of errors on crafted headers.
-        raise CorruptImage("The image file is damaged and cannot be read.") from exc
+        raise CorruptImage(_DAMAGED_HEADER) from exc
 
 
 def ftyp_brands(data: bytes) -> frozenset[bytes]:
