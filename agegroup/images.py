@@ -63,6 +63,7 @@ MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/avif", "image/gif
 
 _UNSUPPORTED = f"This file type is not supported. Please upload a {FORMAT_NAMES} photo."
 _DAMAGED_HEADER = "The image file is damaged and cannot be read."
+_DAMAGED_PIXELS = "The image file is damaged or truncated and cannot be read."
 # iPhones save HEIC unless set to "Most Compatible"; its decoders (libheif, libde265) are not
 # exposed to uploads, and a 12-24 megapixel HEIC cannot be shrunk while decoding.
 HEIC_MESSAGE = (
@@ -440,7 +441,7 @@ def decode_upload(
             image._size_before_draft = image.size  # type: ignore[attr-defined]
             image.draft("RGB", (work_size, work_size))
     except Exception as exc:
-        raise CorruptImage("The image file is damaged or truncated and cannot be read.") from exc
+        raise CorruptImage(_DAMAGED_PIXELS) from exc
     cost = decode_cost(image, len(data), work_size)
     if budget is not None and cost.bytes > budget.largest:
         raise _too_many_pixels(width, height, min(max_pixels, cost.pixel_limit(budget.largest)))
@@ -454,9 +455,7 @@ def decode_upload(
                     rgb = _pixels(image, work_size)
                     orientation = _orientation(image)
             except Exception as exc:
-                raise CorruptImage(
-                    "The image file is damaged or truncated and cannot be read."
-                ) from exc
+                raise CorruptImage(_DAMAGED_PIXELS) from exc
     finally:
         if budget is None and cost.bytes > TRIM_AFTER_BYTES:
             release_memory()  # (the budget does it when the reservation ends)
