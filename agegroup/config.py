@@ -24,6 +24,20 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _env_int(name: str, default: int, low: int = 0) -> int:
+    """A whole number of at least ``low`` from the environment; unset or blank means ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
 def _env_word(name: str, default: str) -> str:
     """A lower-case word from the environment; unset or blank means ``default``."""
     return os.environ.get(name, "").strip().lower() or default
@@ -64,6 +78,19 @@ class Settings:
     # finds smaller faces in large photos and costs time in proportion (README, "Face
     # detection": the trade-off).
     detect_pixels: int = 250_000
+    # Predictions one client may ask for, as Flask-Limiter limits ("30/minute;300/hour"), or
+    # "off": no rate limit and no in-flight cap (agegroup.limits).
+    rate_limit: str = "off"
+    # Where the rate-limit counters live: this process's memory, or a shared store such as
+    # "redis://host:6379" when several instances serve the same site (SECURITY.md).
+    ratelimit_storage_uri: str = "memory://"
+    # Predictions one client may have in flight at once in a worker; more get 429 at once.
+    max_inflight_per_client: int = 2
+    # Proxies in front of the app whose X-Forwarded-For and X-Forwarded-Proto are believed
+    # (werkzeug's ProxyFix); 0 ignores those headers, since any client can send them.
+    trusted_proxies: int = 0
+    # The key that signs result links (agegroup.links); empty: a random key per process.
+    secret_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,18 +117,15 @@ class Settings:
             decode_wait_s=_env_float("AGE_DECODE_WAIT_S", default.decode_wait_s),
             face_detector=_env_word("AGE_FACE_DETECTOR", default.face_detector),
             detect_pixels=int(_env_float("AGE_DETECT_PIXELS", default.detect_pixels)),
+            rate_limit=_env_word("AGE_RATE_LIMIT", default.rate_limit),
+            ratelimit_storage_uri=os.environ.get("AGE_RATELIMIT_STORAGE_URI", "").strip()
+            or default.ratelimit_storage_uri,
+            max_inflight_per_client=_env_int(
+                "AGE_MAX_INFLIGHT_PER_CLIENT", default.max_inflight_per_client, low=1
+            ),
+            trusted_proxies=_env_int("AGE_TRUSTED_PROXIES", default.trusted_proxies),
+            secret_key=os.environ.get("SECRET_KEY", ""),
         )
-
-    @property
-    def lean_model_path(self) -> Path:
-        """The ONNX twin of ``model_path`` (``export.pkl`` -> ``export.onnx``), or its int8
-        version (``export.int8.onnx``) with ``AGE_ONNX_PRECISION=int8``."""
-        twin = self.model_path.with_suffix(".onnx")
-        if self.onnx_precision == "int8":
-            from agegroup.onnx_runtime import int8_path_of
-
-            return int8_path_of(twin)
-        return twin
 
     @property
     def decode_budget_bytes(self) -> int:

@@ -39,14 +39,14 @@ class InMemoryRequest(Request):
 def load_predictor(settings: Settings) -> Predictor:
     """Load the configured model once; raises ``ModelUnavailable`` with a clear reason."""
     if settings.runtime == "onnx":
-        from agegroup.onnx_runtime import OnnxPredictor
+        from agegroup.onnx_runtime import OnnxPredictor, lean_model_path
 
         if settings.onnx_precision not in ("float", "int8"):
             raise ModelUnavailable(
                 f"AGE_ONNX_PRECISION must be 'float' or 'int8', not {settings.onnx_precision!r}."
             )
 
-        return OnnxPredictor(settings.lean_model_path, settings.model_dir, settings.torch_threads)
+        return OnnxPredictor(lean_model_path(settings), settings.model_dir, settings.torch_threads)
     if settings.runtime != "fastai":
         raise ModelUnavailable(f"AGE_RUNTIME must be 'fastai' or 'onnx', not {settings.runtime!r}.")
     from agegroup.predictor import FastaiPredictor

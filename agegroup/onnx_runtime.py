@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.calibration import load_calibration
+from agegroup.config import Settings
 from agegroup.errors import ModelUnavailable
 from agegroup.predictor import (
     ModelInfo,
@@ -41,6 +42,13 @@ INT8_SUFFIX = ".int8.onnx"
 def int8_path_of(twin: Path) -> Path:
     """Where the int8 version of a twin lives: ``export.onnx`` -> ``export.int8.onnx``."""
     return twin.with_name(twin.stem + INT8_SUFFIX)
+
+
+def lean_model_path(settings: Settings) -> Path:
+    """The twin that ``settings`` serve: ``export.pkl`` -> ``export.onnx``, or its int8
+    version (``export.int8.onnx``) with ``AGE_ONNX_PRECISION=int8``."""
+    twin = settings.model_path.with_suffix(".onnx")
+    return int8_path_of(twin) if settings.onnx_precision == "int8" else twin
 
 
 def learner_path_of(onnx_path: Path, meta: dict[str, str]) -> Path:

@@ -18,7 +18,7 @@ from PIL import Image
 from agegroup.config import PROJECT_ROOT, UTKFACE_DIR, Settings
 from agegroup.errors import ModelUnavailable
 from agegroup.factory import create_app
-from agegroup.onnx_runtime import OnnxPredictor
+from agegroup.onnx_runtime import OnnxPredictor, lean_model_path
 from agegroup.predictor import FastaiPredictor
 from agegroup.preprocess import to_model_input
 from agegroup.training.data import image_dir_of, spread_test_crops
@@ -232,7 +232,7 @@ def test_int8_twin_is_served_with_the_precision_setting(int8_dir, monkeypatch) -
     monkeypatch.setenv("AGE_ONNX_PRECISION", "int8")
     monkeypatch.setenv("AGE_MODEL_PATH", str(int8_dir / "export.pkl"))
     settings = Settings.from_env()
-    assert settings.lean_model_path == int8_dir / "export.int8.onnx"
+    assert lean_model_path(settings) == int8_dir / "export.int8.onnx"
     app = create_app(settings)
     assert app.extensions["agegroup"].predictor.precision == "int8"
     photo = image_bytes(Image.fromarray(synthetic_faces(1, 120, seed=3)[0]))
@@ -293,16 +293,16 @@ def test_render_blueprint_starts_what_the_procfile_starts() -> None:
     env = {item["key"]: str(item["value"]) for item in service["envVars"]}
     assert env["AGE_RUNTIME"] == "onnx"
     assert env["AGE_ONNX_PRECISION"] == "int8"  # the committed, checked export.int8.onnx
-    assert Settings(onnx_precision="int8").lean_model_path.is_file()
+    assert lean_model_path(Settings(onnx_precision="int8")).is_file()
     assert env["WEB_CONCURRENCY"] == "1"
     assert service["healthCheckPath"] == "/healthz"
 
 
 def test_committed_twin_matches_the_committed_learner() -> None:
     settings = Settings()
-    if not settings.lean_model_path.exists():
+    if not lean_model_path(settings).exists():
         pytest.skip("no model/export.onnx committed yet")
-    predictor = OnnxPredictor(settings.lean_model_path, settings.model_dir)  # raises if stale
+    predictor = OnnxPredictor(lean_model_path(settings), settings.model_dir)  # raises if stale
     probabilities = predictor.predict([Image.new("RGB", (200, 200))])
     assert probabilities.shape == (1, len(predictor.info.classes))  # 7 groups or 101 ages
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
@@ -313,8 +313,8 @@ def test_committed_int8_twin_answers_like_the_float_twin() -> None:
     from agegroup.ages import to_groups
     from agegroup.predictor import predict_flip_averaged
 
-    int8 = OnnxPredictor(Settings(onnx_precision="int8").lean_model_path, Settings().model_dir)
-    twin = OnnxPredictor(Settings().lean_model_path, Settings().model_dir)
+    int8 = OnnxPredictor(lean_model_path(Settings(onnx_precision="int8")), Settings().model_dir)
+    twin = OnnxPredictor(lean_model_path(Settings()), Settings().model_dir)
     assert int8.precision == "int8" and int8.info == twin.info
     assert int8.calibration == twin.calibration  # the learner's calibration file, both
     faces = spread_test_crops(40)
