@@ -36,11 +36,16 @@ def calibration_path(model_path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``softmax((logits + offsets) / temperature)`` over the model's classes."""
+    """``softmax((logits + offsets) / temperature)`` over the model's classes.
+
+    ``agev1_share``: the share of age-v1's age distribution mixed into the served answer
+    (``agegroup.agev1.as_served``); 0 serves the network alone.
+    """
 
     offsets: tuple[float, ...]
     temperature: float
     source_sha256: str
+    agev1_share: float = 0.0
 
     def adjust(self, logits: np.ndarray) -> np.ndarray:
         """The corrected logits; log-probabilities work as well (softmax ignores the shift)."""
@@ -51,6 +56,7 @@ class Calibration:
             "offsets": list(self.offsets),
             "temperature": self.temperature,
             "source_sha256": self.source_sha256,
+            "agev1_share": self.agev1_share,
         }
 
 
@@ -68,6 +74,7 @@ def load_calibration(
             tuple(float(v) for v in saved["offsets"]),
             float(saved["temperature"]),
             str(saved["source_sha256"]),
+            float(saved.get("agev1_share", 0.0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         log.error("reading %s failed: %r", path, exc)
@@ -77,6 +84,8 @@ def load_calibration(
             f"{path.name} was fitted for another learner than the one beside it; run "
             "`python -m agegroup.training.calibrate` again or remove it."
         )
+    if not 0 <= calibration.agev1_share < 1:
+        raise ModelUnavailable(f"{path.name}: agev1_share must lie in [0, 1).")
     if len(calibration.offsets) != classes or not calibration.temperature > 0:
         raise ModelUnavailable(f"{path.name} does not fit the model's {classes} classes.")
     return calibration

@@ -23,8 +23,39 @@ def test_metrics_on_a_hand_checked_example():
     assert metrics["balanced_accuracy"] == round((0.5 + 1 + 0 + 0.5) / 4, 4)
     assert metrics["per_bucket"]["11-20"] == {"support": 1, "precision": 0.5, "recall": 1.0}
     assert metrics["confusion_matrix"][2][4] == 1
-    assert metrics["by_group"]["gender"]["m"] == {"n": 3, "accuracy": round(2 / 3, 4)}
-    assert metrics["by_group"]["gender"]["f"] == {"n": 3, "accuracy": round(1 / 3, 4)}
+    # m: faces 0, 1, 4 (truth 0, 0, 6): group 0 recalled 1 of 2, group 6 1 of 1.
+    assert metrics["by_group"]["gender"]["m"] == {
+        "n": 3,
+        "accuracy": round(2 / 3, 4),
+        "balanced_accuracy": round((0.5 + 1) / 2, 4),
+    }
+    # f: faces 2, 3, 5 (truth 1, 2, 6): recalled 1, 0, 0.
+    assert metrics["by_group"]["gender"]["f"] == {
+        "n": 3,
+        "accuracy": round(1 / 3, 4),
+        "balanced_accuracy": round(1 / 3, 4),
+    }
+
+
+def test_the_age_bias_per_group_of_people_is_the_signed_mean_error_in_each_band():
+    from agegroup.training.evaluate import bias_table
+
+    truth = [0, 1, 3, 4, 6, 6]
+    ages = [5, 15, 35, 45, 70, 80]
+    estimated = [9.0, 17.0, 33.0, 40.0, 60.0, 76.0]
+    metrics = compute_metrics(
+        truth, one_hot(truth), {"race": ["A", "A", "A", "B", "B", "B"]}, ages, estimated
+    )
+    a = metrics["by_group"]["race"]["A"]["age_bias_years"]
+    b = metrics["by_group"]["race"]["B"]["age_bias_years"]
+    assert a["0-20"] == {"n": 2, "years": 3.0}  # +4 and +2
+    assert a["21-40"] == {"n": 1, "years": -2.0}
+    assert a["41-60"] == {"n": 0, "years": None}
+    assert b["41-60"] == {"n": 1, "years": -5.0}
+    assert b["61+"] == {"n": 2, "years": -7.0}  # -10 and -4
+    table = bias_table(metrics | {"by_group": metrics["by_group"]}, min_faces=2)
+    assert "| A | +3.0 | (1 faces) | (0 faces) | (0 faces) |" in table.splitlines()
+    assert "| B | (0 faces) | (0 faces) | (1 faces) | -7.0 |" in table.splitlines()
 
 
 def test_calibration_error_on_a_hand_checked_example_plain_and_group_balanced():

@@ -38,17 +38,44 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], n: int = len(BUCKETS
     return matrix
 
 
+AGE_BIAS_BANDS = (("0-20", 0, 20), ("21-40", 21, 40), ("41-60", 41, 60), ("61+", 61, 200))
+
+
+def age_bias(ages: np.ndarray, estimated: np.ndarray) -> dict[str, dict[str, Any]]:
+    """For every band of true ages: its faces and the signed mean error of the estimated age
+    (estimate minus truth, in years; ``None`` for an empty band)."""
+    bias = {}
+    for band, low, high in AGE_BIAS_BANDS:
+        mask = (ages >= low) & (ages <= high)
+        years = round(float((estimated[mask] - ages[mask]).mean()), 2) if mask.any() else None
+        bias[band] = {"n": int(mask.sum()), "years": years}
+    return bias
+
+
+def recalls(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's recall and support (a group without faces has recall 0)."""
+    matrix = confusion(truth, pred)
+    support = matrix.sum(axis=1)
+    recall = np.divide(np.diag(matrix), support, out=np.zeros(len(BUCKETS)), where=support > 0)
+    return recall, support
+
+
 def compute_metrics(
-    y_true: Sequence[int], probabilities: np.ndarray, subgroups: dict[str, Sequence[str]]
+    y_true: Sequence[int],
+    probabilities: np.ndarray,
+    subgroups: dict[str, Sequence[str]],
+    ages: Sequence[int] | None = None,
+    estimated: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, within-one-bucket accuracy, balanced accuracy, per-bucket precision/recall,
-    the confusion matrix, and accuracy per value of every subgroup labelling (gender, race)."""
+    the confusion matrix, and per value of every subgroup labelling (gender, race) its
+    faces, accuracy, balanced accuracy and, given the true ``ages`` and the ``estimated``
+    ones, the age bias per band (``age_bias``)."""
     truth = np.asarray(y_true)
     pred = probabilities.argmax(axis=1)
     matrix = confusion(truth, pred)
-    support = matrix.sum(axis=1)
+    recall, support = recalls(truth, pred)
     predicted = matrix.sum(axis=0)
-    recall = np.divide(np.diag(matrix), support, out=np.zeros(len(BUCKETS)), where=support > 0)
     precision = np.divide(
         np.diag(matrix), predicted, out=np.zeros(len(BUCKETS)), where=predicted > 0
     )
@@ -58,10 +85,17 @@ def compute_metrics(
         by_group[labelling] = {}
         for value in sorted(set(values)):
             mask = np.array([v == value for v in values])
-            by_group[labelling][value] = {
+            group_recall, group_support = recalls(truth[mask], pred[mask])
+            entry: dict[str, Any] = {
                 "n": int(mask.sum()),
                 "accuracy": round(float(correct[mask].mean()), 4),
+                "balanced_accuracy": round(float(group_recall[group_support > 0].mean()), 4),
             }
+            if ages is not None and estimated is not None:
+                entry["age_bias_years"] = age_bias(
+                    np.asarray(ages)[mask], np.asarray(estimated)[mask]
+                )
+            by_group[labelling][value] = entry
     return {
         "n": int(len(truth)),
         "accuracy": round(float(correct.mean()), 4),
@@ -164,15 +198,15 @@ def score(
     }
     truth = [s.bucket for s in samples]
     groups = to_groups(probabilities, classes)
-    metrics = compute_metrics(truth, groups, subgroups)
+    estimates = estimate_ages(probabilities, classes)
+    ages = np.array([clamp_age(s.age) for s in samples])
+    guessed = None if estimates is None else np.array([e.estimate for e in estimates])
+    metrics = compute_metrics(truth, groups, subgroups, ages, guessed)
     metrics["calibration_error"] = round(expected_calibration_error(truth, groups), 4)
     metrics["calibration_error_balanced"] = round(
         expected_calibration_error(truth, groups, weights=balanced_weights(truth)), 4
     )
-    estimates = estimate_ages(probabilities, classes)
-    if estimates is not None:
-        ages = np.array([clamp_age(s.age) for s in samples])
-        guessed = np.array([e.estimate for e in estimates])
+    if estimates is not None and guessed is not None:
         inside = [e.low <= a <= e.high for e, a in zip(estimates, ages, strict=True)]
         metrics["age_mae_years"] = round(float(np.abs(guessed - ages).mean()), 2)
         metrics["age_interval_coverage"] = round(float(np.mean(inside)), 4)
@@ -244,9 +278,27 @@ def evaluate(
     return results
 
 
+def bias_table(metrics: dict[str, Any], min_faces: int = 30) -> str:
+    """The age bias per race and gender as a markdown table (estimated minus true age, in
+    years, per band of true ages); a cell of fewer than ``min_faces`` faces shows its count."""
+    bands = [band for band, _, _ in AGE_BIAS_BANDS]
+    lines = ["| | " + " | ".join(bands) + " |", "|---" * (len(bands) + 1) + "|"]
+    for labelling in ("race", "gender"):
+        for value, entry in metrics["by_group"].get(labelling, {}).items():
+            if value == "unknown" or "age_bias_years" not in entry:
+                continue
+            cells = []
+            for band in bands:
+                cell = entry["age_bias_years"][band]
+                enough = cell["n"] >= min_faces and cell["years"] is not None
+                cells.append(f"{cell['years']:+.1f}" if enough else f"({cell['n']} faces)")
+            lines.append(f"| {value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summary(results: dict[str, Any]) -> str:
     lines = [f"model {results['model']['name']} {results['model']['version']}"]
-    # Only the sets evaluated (reports before session 9 named the "served_as" setting "served").
+    # Only the sets evaluated (older reports used "served" for the "served_as" setting).
     for test in (t for t in TEST_SETS if isinstance(results.get(t), dict)):
         for key in ("plain", "flip_average"):
             m = results[test][key]
@@ -257,11 +309,15 @@ def summary(results: dict[str, Any]) -> str:
                 f"ece={m['calibration_error']:.4f} "
                 f"balanced-ece={m['calibration_error_balanced']:.4f}{extra}"
             )
-        recalls = " ".join(
+        recall_line = " ".join(
             f"{b} {row['recall']:.2f}"
             for b, row in results[test]["flip_average"]["per_bucket"].items()
         )
-        lines.append(f"{'':>8} recall: {recalls}")
+        lines.append(f"{'':>8} recall: {recall_line}")
+        served = results[test]["flip_average"]
+        if "age_mae_years" in served:
+            lines.append(f"{test}: age bias per group of people (flip-averaged)")
+            lines.append(bias_table(served))
     return "\n".join(lines)
 
 
@@ -284,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if str(args.model) == "agev1":
-        from agegroup.training.agev1 import AgeV1
+        from agegroup.agev1 import AgeV1
 
         predictor: Predictor = AgeV1()
         out = args.out or Path("runs/agev1/metrics.json")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastai.callback.data  # noqa: F401  (adds DataBlock.weighted_dataloaders)
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from agegroup.ages import AGE_CLASSES, GROUP_OF_AGE, MAX_AGE, clamp_age
 from agegroup.buckets import BUCKETS
 from agegroup.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agegroup.training import data as utk
+from agegroup.training.balance import BALANCE_CHOICES, balancing_weights
 from agegroup.training.degrade import degrade, tight_framing
 from agegroup.training.distill import Distillation, load_teacher_targets
 from agegroup.training.served_crops import served_training_rows
@@ -133,13 +135,20 @@ def age_sigma(age: torch.Tensor) -> torch.Tensor:
 class AgeLoss:
     """Label-distribution learning over ages, with the seven groups and an optional teacher.
 
-    ``(1 - W) * (CE(Gaussian around the age, ages) + g * smoothed CE(group, groups))
-    + W * KL(teacher's groups || groups)``, where a group's log-probability is the
-    log-sum-exp of its ages' log-probabilities.
+    ``(1 - W) * (CE(Gaussian around the age, ages) + g * smoothed CE(group, groups)
+    + m * mean loss + v * variance loss) + W * KL(teacher's groups || groups)``, where a
+    group's log-probability is the log-sum-exp of its ages' log-probabilities. The mean and
+    variance losses (Pan et al. 2018, in decades) pull the expected age onto the labelled one
+    and keep the distribution from spreading toward the middle of the age range.
     """
 
     def __init__(
-        self, group_weight: float = 1.0, label_smoothing: float = 0.1, distill_weight: float = 0.0
+        self,
+        group_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        distill_weight: float = 0.0,
+        mean_weight: float = 0.0,
+        variance_weight: float = 0.0,
     ) -> None:
         ages = torch.arange(MAX_AGE + 1, dtype=torch.float32)
         spread = age_sigma(ages)[:, None]
@@ -151,6 +160,9 @@ class AgeLoss:
         self.group_weight = group_weight
         self.label_smoothing = label_smoothing
         self.distill_weight = distill_weight
+        self.mean_weight = mean_weight
+        self.variance_weight = variance_weight
+        self.decades = ages / 10
 
     def _follow(self, device: torch.device) -> None:
         """Keep the constant tables on the predictions' device (CPU or GPU)."""
@@ -158,6 +170,7 @@ class AgeLoss:
             self.age_targets = self.age_targets.to(device)
             self.group_mask = self.group_mask.to(device)
             self.group_of_age = self.group_of_age.to(device)
+            self.decades = self.decades.to(device)
 
     def _log_probs(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ages' and the groups' log-probabilities of ``pred``."""
@@ -178,6 +191,12 @@ class AgeLoss:
         true_group = groups.gather(1, self.group_of_age[target][:, None]).squeeze(1)
         group_ce = -((1 - eps) * true_group + eps * groups.mean(dim=1)).mean()
         hard = ldl + self.group_weight * group_ce
+        if self.mean_weight or self.variance_weight:
+            probs = log_probs.exp()
+            mean = probs @ self.decades
+            variance = (probs * (self.decades[None, :] - mean[:, None]) ** 2).sum(dim=1)
+            mean_loss = 0.5 * ((mean - target.float() / 10) ** 2).mean()
+            hard = hard + self.mean_weight * mean_loss + self.variance_weight * variance.mean()
         if teacher is None or self.distill_weight == 0:
             return hard
         teacher_log = teacher.float()
@@ -268,6 +287,8 @@ class LearnerConfig:
     tight_share: float = 0.0
     served_share: float = 0.0
     group_weight: float = 1.0
+    mean_weight: float = 0.0
+    variance_weight: float = 0.0
     bf16: bool = True
     pretrained: bool = False
     weights: Path | None = None
@@ -288,10 +309,13 @@ def build_learner(
     arch: Callable[..., Any] = resnet50,
     teacher: Distillation | None = None,
     served: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
 ) -> Learner:
     """A fastai learner (ResNet50 unless ``arch`` says otherwise) over cached uint8 images.
 
-    ``labels`` are each image's class index in ``config.vocab``. With a ``teacher`` every batch
+    ``labels`` are each image's class index in ``config.vocab``. ``sample_weights`` (one per
+    image, e.g. ``balance.balancing_weights``) make training draw images in proportion to
+    them, with replacement, instead of one pass in random order. With a ``teacher`` every batch
     also carries the teacher's predictions and the loss distils them
     (``agegroup.training.distill``); export such a learner through ``plain_copy`` so that the
     exported one predicts like any other.
@@ -330,12 +354,22 @@ def build_learner(
             Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD),
         ],
     )
-    dls = block.dataloaders(
-        len(images), bs=config.batch_size, num_workers=config.workers, device=config.device
-    )
+    loader_options = {"bs": config.batch_size, "num_workers": config.workers}
+    if sample_weights is None:
+        dls = block.dataloaders(len(images), device=config.device, **loader_options)
+    else:
+        dls = block.weighted_dataloaders(
+            len(images), sample_weights, device=config.device, **loader_options
+        )
     if ages:
         distill_weight = teacher.weight if teacher is not None else 0.0
-        loss: Any = AgeLoss(config.group_weight, config.label_smoothing, distill_weight)
+        loss: Any = AgeLoss(
+            config.group_weight,
+            config.label_smoothing,
+            distill_weight,
+            config.mean_weight,
+            config.variance_weight,
+        )
         metrics: list[Any] = [group_accuracy, age_mae]
     elif teacher is not None:
         loss, metrics = teacher.loss(config.label_smoothing), [bucket_accuracy]
@@ -498,6 +532,18 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="share of training images framed like photos that end close around the face",
     )
+    parser.add_argument(
+        "--mean-weight", type=float, default=0.0, help="weight of the mean loss (ages only)"
+    )
+    parser.add_argument(
+        "--variance-weight", type=float, default=0.0, help="weight of the variance loss (ages)"
+    )
+    parser.add_argument(
+        "--balance",
+        choices=BALANCE_CHOICES,
+        default="none",
+        help="draw images so that every race (and gender) has the overall age-group mix",
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training split")
     weights = parser.add_mutually_exclusive_group()
@@ -570,13 +616,28 @@ def main(argv: list[str] | None = None) -> None:
         tight_share=args.tight,
         served_share=args.served_share if served is not None else 0.0,
         group_weight=args.group_weight,
+        mean_weight=args.mean_weight,
+        variance_weight=args.variance_weight,
         bf16=not args.no_bf16,
         pretrained=args.pretrained,
         weights=args.weights,
         device=args.device,
         workers=args.workers,
     )
-    learn = build_learner(images, buckets, valid_idx, config, teacher=teacher, served=served)
+    sample_weights = None
+    if args.balance != "none":
+        sample_weights = balancing_weights(samples, args.balance)
+        low, high = sample_weights.min(), sample_weights.max()
+        print(f"balanced by {args.balance}: weights {low:.2f}-{high:.2f}")
+    learn = build_learner(
+        images,
+        buckets,
+        valid_idx,
+        config,
+        teacher=teacher,
+        served=served,
+        sample_weights=sample_weights,
+    )
     if args.init is not None:
         load_matching_weights(learn, args.init)
     write_args(args)
