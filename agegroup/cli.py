@@ -1,0 +1,454 @@
+"""``agegroup predict PATH...``: every face of many photos, with the server's pipeline and no
+server.
+
+Folders are walked for photos; each photo gives one row per face (``agegroup.rows``), a file
+that cannot be used one row with its error code and message, and the run goes on. A progress
+bar (photos per second) goes to stderr, the table to ``--out`` (CSV, JSON lines or Parquet,
+by its name) or as CSV to stdout. The exit status is 0 when every photo was read, 1 when some
+were not (a summary says which errors), 2 for a usage error or a missing model, 130 when
+interrupted.
+
+``--out`` is written only when the run ends (to a temporary name, then renamed), so an
+interrupted run never leaves half a file; what it had done is kept in ``OUT.partial`` (one JSON
+line per photo) and ``--resume`` goes on from there, skipping the photos already in it or in
+``OUT``. ``--workers N`` runs N processes that each load the model once; ``--ray ADDRESS``
+runs the photos on a Ray cluster instead (``agegroup.ray_batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from agegroup.config import Settings
+from agegroup.rows import (
+    FORMATS,
+    ParquetRows,
+    Row,
+    csv_lines,
+    jsonl_lines,
+    output_format,
+    read_rows,
+)
+
+log = logging.getLogger("agegroup.cli")
+
+# The file names a folder is searched for (any case). Files named on the command line are
+# always tried, whatever their name; HEIC is listed so that its row says how to convert it.
+PHOTO_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".avif", ".gif", ".bmp", ".heic", ".heif"}
+)
+PARTIAL_SUFFIX = ".partial"
+# What --runtime fastai, --ray and Parquet need, and the extra that installs it.
+OPTIONAL_MODULES = {
+    "torch": "agegroup[fastai]",
+    "torchvision": "agegroup[fastai]",
+    "fastai": "agegroup[fastai]",
+    "ray": "agegroup[ray]",
+    "pyarrow": "agegroup[ray]",
+}
+EXIT_OK, EXIT_UNREAD, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command line that cannot run: said on stderr, exit status 2."""
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def photo_paths(arguments: Iterable[str]) -> list[str]:
+    """The photos to read, in order: files as named, folders walked in name order.
+
+    Hidden files and folders are skipped in a walk. A path given twice (also through a
+    folder) is read once. A name that does not exist stays in the list: its row says so.
+    """
+    found: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(str(path))
+
+    for argument in arguments:
+        path = Path(argument)
+        if not path.is_dir():
+            add(path)
+            continue
+        for folder, folders, files in os.walk(path):
+            folders[:] = sorted(name for name in folders if not name.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES:
+                    add(Path(folder) / name)
+    return found
+
+
+# --- running the pipeline -------------------------------------------------------------------
+
+
+def photo_rows(detector: Any, path: str, source: Any = None) -> list[Row]:
+    """The rows of one photo (read from ``path`` unless ``source`` holds its bytes)."""
+    from agegroup.errors import AppError
+    from agegroup.rows import error_row, face_rows
+
+    try:
+        answer = detector.predict(path if source is None else source)
+    except AppError as exc:
+        return [error_row(path, exc.code, exc.message)]
+    except Exception as exc:  # a fault in a library on one photo must not end the run
+        log.exception("%s could not be analysed", path)
+        return [error_row(path, "internal_error", f"{type(exc).__name__}: {exc}")]
+    return face_rows(path, answer)
+
+
+_worker_detector: Any = None
+_worker_error: str | None = None
+
+
+def _start_worker(settings: Settings) -> None:
+    """Load the model once in a worker process (``--workers``)."""
+    global _worker_detector, _worker_error
+    import signal
+
+    from agegroup.errors import ModelUnavailable
+
+    # Ctrl+C reaches the whole process group: the command stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from agegroup.pipeline import AgeGroupDetector
+
+    try:
+        _worker_detector = AgeGroupDetector(settings=settings)
+    except ModelUnavailable as exc:
+        _worker_error = exc.message
+
+
+def _worker_rows(path: str) -> tuple[str | None, list[Row]]:
+    if _worker_error is not None:
+        return _worker_error, []
+    return None, photo_rows(_worker_detector, path)
+
+
+def local_rows(
+    paths: Sequence[str], settings: Settings, workers: int
+) -> Iterator[tuple[str, list[Row]]]:
+    """``(path, rows)`` for each path, in order, from this process or ``workers`` processes."""
+    if workers == 1:
+        from agegroup.pipeline import AgeGroupDetector
+
+        detector = AgeGroupDetector(settings=settings)
+        for path in paths:
+            yield path, photo_rows(detector, path)
+        return
+    import multiprocessing
+
+    # "spawn": a clean process per worker, not a fork of this one and its progress thread.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(settings,)) as pool:
+        for path, (error, rows) in zip(paths, pool.imap(_worker_rows, paths, chunksize=1)):
+            if error is not None:
+                from agegroup.errors import ModelUnavailable
+
+                raise ModelUnavailable(error)
+            yield path, rows
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_settings(settings: Settings, workers: int) -> Settings:
+    """Each of ``workers`` processes gets an equal share of the cores for inference, unless
+    ``AGE_TORCH_THREADS`` says how many threads each uses."""
+    if settings.torch_threads or workers == 1:
+        return settings
+    return replace(settings, torch_threads=max(1, cpu_count() // workers))
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+class Journal:
+    """``OUT.partial``: one JSON line per finished photo, flushed as it is written, so an
+    interrupted run keeps all it did. Only whole lines are trusted when it is read again."""
+
+    def __init__(self, path: Path, keep: bool) -> None:
+        self.path = path
+        self.offsets: dict[str, int] = {}
+        self._file = path.open("a+b" if keep else "w+b")
+        if keep:
+            self._load()
+
+    def _load(self) -> None:
+        self._file.seek(0)
+        good = 0
+        for line in self._file:
+            try:
+                entry = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                entry = None
+            if entry is None:
+                break  # the last line of a killed run, cut short: done again
+            self.offsets[entry["path"]] = good
+            good += len(line)
+        self._file.truncate(good)
+        self._file.seek(good)
+
+    def add(self, path: str, rows: list[Row]) -> None:
+        self._file.seek(0, os.SEEK_END)
+        self.offsets[path] = self._file.tell()
+        line = json.dumps({"path": path, "rows": rows}, ensure_ascii=False) + "\n"
+        self._file.write(line.encode("utf-8"))
+        self._file.flush()
+
+    def rows(self, path: str) -> list[Row]:
+        self._file.seek(self.offsets[path])
+        return json.loads(self._file.readline())["rows"]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def grouped_by_path(rows: Iterable[Row]) -> Iterator[tuple[str, list[Row]]]:
+    """Consecutive rows of the same photo, together (as the command writes them)."""
+    current: str | None = None
+    group: list[Row] = []
+    for row in rows:
+        if row["path"] != current and group:
+            yield current, group  # type: ignore[misc]
+            group = []
+        current = row["path"]
+        group.append(row)
+    if group:
+        yield current, group  # type: ignore[misc]
+
+
+def write_table(out: Path, rows: Iterable[list[Row]]) -> None:
+    """Every photo's rows into ``out``, atomically: a temporary file beside it, then renamed."""
+    kind = output_format(out)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        if kind == ".parquet":
+            table = ParquetRows(temporary)
+            for group in rows:
+                table.write(group)
+            table.close()
+        else:
+            csv = kind == ".csv"
+            with temporary.open("w", encoding="utf-8", newline="") as handle:
+                handle.write(csv_lines([]) if csv else "")
+                for group in rows:
+                    handle.write(csv_lines(group, header=False) if csv else jsonl_lines(group))
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class Tally:
+    """What the summary says: photos read, faces, and the errors by code."""
+
+    def __init__(self) -> None:
+        self.photos = 0
+        self.faces = 0
+        self.errors: Counter[str] = Counter()
+
+    def count(self, rows: list[Row]) -> list[Row]:
+        self.photos += 1
+        codes = [row["error_code"] for row in rows if row["error_code"]]
+        self.errors.update(codes)
+        self.faces += 0 if codes else sum(1 for row in rows if row["face_found"])
+        return rows
+
+    def summary(self, where: str) -> str:
+        unread = sum(self.errors.values())
+        text = (
+            f"{self.photos - unread} of {self.photos} photos read, {self.faces} faces found"
+            f"; {where}."
+        )
+        if unread:
+            codes = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
+            text += f" {unread} could not be read ({codes}): see error_code and error_message."
+        return text
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agegroup",
+        description="Predict the age group of every face in photos, without a server.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict",
+        help="every face of the photos and folders given, one row per face",
+        description=(
+            "One row per face of every photo (folders are walked): path, face number, box, "
+            "group, confidence, the seven probabilities, estimated age and its 80%% interval, "
+            "flags, model; a file that cannot be used gives one row with its error. Exit "
+            "status 0 when all were read, 1 when some were not."
+        ),
+    )
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="photos and folders of photos")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        help=f"write the table here ({', '.join(FORMATS)}; by the name), atomically; "
+        "default: CSV to stdout",
+    )
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, each loading the model once (default 1); with --ray, model copies",
+    )
+    predict.add_argument(
+        "--runtime",
+        choices=("onnx", "fastai"),
+        default="onnx",
+        help="onnx: the lean twin export.onnx (default); fastai: the learner export.pkl",
+    )
+    predict.add_argument(
+        "--model",
+        type=Path,
+        help="the exported learner export.pkl, its twin beside it (default: AGE_MODEL_PATH)",
+    )
+    predict.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from an interrupted run (OUT.partial) or OUT: skip the photos in them",
+    )
+    predict.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on Ray Data: a cluster's address (auto, ray://host:10001) or 'local' "
+        "(a Ray of --workers CPUs on this machine); needs pip install 'agegroup[ray]'",
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = replace(Settings.from_env(), runtime=args.runtime)
+    if args.model is not None:
+        settings = replace(settings, model_path=args.model, model_dir=args.model.resolve().parent)
+    return settings
+
+
+def _rows_source(
+    args: argparse.Namespace, todo: list[str], settings: Settings
+) -> Iterator[tuple[str, list[Row]]]:
+    if args.ray:
+        from agegroup.ray_batch import ray_rows
+
+        return ray_rows(todo, settings, args.ray, args.workers)
+    return local_rows(todo, worker_settings(settings, args.workers), args.workers)
+
+
+def _progress(total: int, done: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=done, unit="photo", file=sys.stderr, dynamic_ncols=True, smoothing=0.1
+    )
+
+
+def predict_to_stdout(args: argparse.Namespace, paths: list[str], stdout: IO[str]) -> int:
+    tally = Tally()
+    stdout.write(csv_lines([]))
+    with _progress(len(paths), 0) as bar:
+        for _, rows in _rows_source(args, paths, _settings(args)):
+            stdout.write(csv_lines(tally.count(rows), header=False))
+            stdout.flush()
+            bar.update()
+    print(tally.summary("rows on stdout"), file=sys.stderr)
+    return EXIT_UNREAD if tally.errors else EXIT_OK
+
+
+def predict_to_file(args: argparse.Namespace, paths: list[str]) -> int:
+    out: Path = args.out
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    if partial.exists() and not args.resume:
+        raise UsageError(
+            f"{partial} holds an interrupted run's results: add --resume to go on from it, "
+            "or delete it to start again."
+        )
+    journal = Journal(partial, keep=args.resume)
+    wanted = set(paths)
+    if args.resume and out.exists():
+        for path, rows in grouped_by_path(read_rows(out)):
+            if path in wanted and path not in journal.offsets:
+                journal.add(path, rows)
+    todo = [path for path in paths if path not in journal.offsets]
+    try:
+        with _progress(len(paths), len(paths) - len(todo)) as bar:
+            for path, rows in _rows_source(args, todo, _settings(args)):
+                journal.add(path, rows)
+                bar.update()
+    except BaseException as exc:
+        journal.close()
+        if not journal.offsets:
+            partial.unlink()  # nothing done: nothing to resume
+        if not isinstance(exc, KeyboardInterrupt) or not journal.offsets:
+            raise
+        print(
+            f"Interrupted: {len(journal.offsets)} of {len(paths)} photos done, kept in "
+            f"{partial}. Run the same command with --resume to go on.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    tally = Tally()
+    write_table(out, (tally.count(journal.rows(path)) for path in paths))
+    journal.close()
+    partial.unlink()
+    print(tally.summary(f"written to {out}"), file=sys.stderr)
+    return EXIT_UNREAD if tally.errors else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agegroup.errors import ModelUnavailable
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper())
+    try:
+        if args.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if args.resume and args.out is None:
+            raise UsageError("--resume needs --out: the file to go on from")
+        if args.out is not None:
+            output_format(args.out)
+        paths = photo_paths(args.paths)
+        if not paths:
+            raise UsageError(f"No photos found in {' '.join(args.paths)}.")
+        if args.out is None:
+            return predict_to_stdout(args, paths, sys.stdout)
+        return predict_to_file(args, paths)
+    except (UsageError, ValueError) as exc:
+        print(f"agegroup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelUnavailable as exc:
+        print(f"agegroup: no model: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"agegroup: {exc.name} is not installed: pip install '{extra}'", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
