@@ -6,10 +6,13 @@ import io
 import logging
 from typing import IO, TYPE_CHECKING
 
-from flask import Flask, Request
+from flask import Flask, Request, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import ModelUnavailable
+from agegroup.limits import install_limits
+from agegroup.links import ResultLinks, secret_key_of
 from agegroup.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -27,6 +30,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+# Sent on HTTPS only (as seen through the trusted proxies): browsers then refuse plain HTTP to
+# this host for a year. No includeSubDomains: the host may be a subdomain of someone else's.
+HSTS = "max-age=31536000"
 
 
 class InMemoryRequest(Request):
@@ -37,7 +43,15 @@ class InMemoryRequest(Request):
 
 
 def load_predictor(settings: Settings) -> Predictor:
-    """Load the configured model once; raises ``ModelUnavailable`` with a clear reason."""
+    """Load the configured model once, as served: mixed with age-v1 when its calibration file
+    gives age-v1 a share (``agegroup.agev1``); raises ``ModelUnavailable`` with a clear reason."""
+    from agegroup.agev1 import as_served
+
+    return as_served(load_network(settings))
+
+
+def load_network(settings: Settings) -> Predictor:
+    """The configured runtime's network (fastai learner or ONNX twin), calibrated."""
     if settings.runtime == "onnx":
         from agegroup.onnx_runtime import OnnxPredictor, lean_model_path
 
@@ -100,13 +114,22 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     detector = load_detector(settings) if predictor is not None else None
     if detector is not None:
         detector.warm_up()
-    app.extensions["agegroup"] = AppState(settings, predictor, load_error, detector)
+    links = ResultLinks(secret_key_of(settings))
+    app.extensions["agegroup"] = state = AppState(settings, predictor, links, load_error, detector)
     app.register_blueprint(bp)
+    state.limits = install_limits(app, settings)
+    if settings.trusted_proxies:
+        # The visitor's address and scheme from the last N proxies' X-Forwarded-For/-Proto:
+        # limits, logs (gunicorn's too: it reads the same REMOTE_ADDR) and request.scheme.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     @app.after_request
     def add_security_headers(response):  # type: ignore[no-untyped-def]
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
         return response
 
     return app

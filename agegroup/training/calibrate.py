@@ -21,11 +21,15 @@ split), written beside the model (``agegroup.calibration``), which both runtimes
   (``balanced_weights``), as the prior correction assumes.
 
 Works for age models (classes are ages, grouped by ``GROUP_OF_AGE``) and group models.
+
+``--agev1-share S`` also writes the share of age-v1's answer the app mixes into the network's
+(``agegroup.agev1``), chosen on the test sets with ``agegroup.training.mix`` (model/MODEL.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -124,7 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", type=Path, help="an exported learner, e.g. model/export.pkl")
     parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
     parser.add_argument("--cache", type=Path, default=Path("data-cache"))
+    parser.add_argument(
+        "--agev1-share",
+        type=float,
+        default=0.0,
+        help="share of age-v1's age distribution mixed into the served answer (age models)",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.agev1_share < 1:
+        parser.error("--agev1-share must lie in [0, 1)")
 
     predictor = FastaiPredictor(args.model, args.model.resolve().parent, calibrated=False)
     images, samples, valid_idx = training_split(args.data, predictor.info.input_size, args.cache)
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         file_sha256(args.model),
     )
     print(json.dumps(report, indent=2))
+    calibration = dataclasses.replace(calibration, agev1_share=args.agev1_share)
     out = calibration_path(args.model)
     out.write_text(json.dumps({**calibration.to_json(), "fit": report}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.ages import clamp_age, estimate_ages, to_groups
+from agegroup.agev1 import as_served
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, Predictor, mirrored
 from agegroup.training import data as utk
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         predictor: Predictor = AgeV1()
         out = args.out or Path("runs/agev1/metrics.json")
     else:
-        predictor = FastaiPredictor(args.model, args.model.resolve().parent)
+        predictor = as_served(FastaiPredictor(args.model, args.model.resolve().parent))
         out = args.out or args.model.resolve().parent / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = evaluate(predictor, args.data, args.limit, args.sets, args.probabilities)
