@@ -20,9 +20,15 @@ keepalive = 5
 # The model is loaded in each worker after the fork (preloading torch before fork can hang).
 preload_app = False
 # Method and path only: never the upload, nor the query string (a result link carries the
-# numbers of a prediction in it).
+# numbers of a prediction in it). %(h)s is the WSGI REMOTE_ADDR after the app ran: with
+# AGE_TRUSTED_PROXIES set, the visitor's address that ProxyFix read from X-Forwarded-For
+# (agegroup/factory.py), the same one the rate limits count.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+# gunicorn itself believes no forwarded header from anyone: the app's ProxyFix alone decides,
+# with AGE_TRUSTED_PROXIES hops (gunicorn's default trusts X-Forwarded-Proto from 127.0.0.1).
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
 max_requests = 0
 # Headers are small for this app: refuse oversized request lines and header floods early.
 limit_request_line = 4094

@@ -53,3 +53,26 @@ class ServerBusy(AppError):
     def __init__(self, message: str, retry_after_s: int = 2) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BadLink(BadRequest):
+    """A result link that is damaged, or was not signed by this site."""
+
+    code = "bad_result_link"
+
+
+class RateLimited(AppError):
+    """This client asked for more predictions than ``AGE_RATE_LIMIT`` allows: it should wait."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyInFlight(RateLimited):
+    """This client already has ``AGE_MAX_INFLIGHT_PER_CLIENT`` predictions being worked on."""
+
+    code = "too_many_in_flight"

@@ -5,6 +5,7 @@ Its schemas are plain JSON Schema (2020-12), so the tests validate real response
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agegroup.buckets import BUCKETS
@@ -47,13 +48,29 @@ ERROR_CODES = {
     "413": ("too_large", "Over the upload limit, or too many pixels."),
     "415": ("unsupported_type", f"Not a {FORMAT_NAMES} image, whatever its name."),
     "422": ("corrupt_image", "A truncated or damaged image."),
-    "503": ("model_unavailable", "No model is loaded."),
+    "429": (
+        "rate_limited, too_many_in_flight",
+        "This address sent more photos than the server takes from one client in a while, or "
+        "already has as many being worked on as it may; `Retry-After` says when to try again.",
+    ),
+    "503": (
+        "model_unavailable, busy",
+        "No model is loaded, or the server has no memory free for this photo right now "
+        "(`busy`, with `Retry-After`).",
+    ),
+}
+# The statuses whose answers may say when to try again.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the photo again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 
 
-def _error_response(codes: str, description: str) -> dict[str, Any]:
+def _error_response(status: str, codes: str, description: str) -> dict[str, Any]:
     first = codes.split(",")[0].strip()
-    return {
+    response = {
         "description": f"{description} (`error.code`: {codes})",
         "content": {
             "application/json": {
@@ -62,6 +79,9 @@ def _error_response(codes: str, description: str) -> dict[str, Any]:
             }
         },
     }
+    if status in ("429", "503"):
+        response["headers"] = RETRY_AFTER
+    return response
 
 
 def _schemas() -> dict[str, Any]:
@@ -136,7 +156,7 @@ def _schemas() -> dict[str, Any]:
         },
         "Prediction": {
             "type": "object",
-            "required": ["model", "image", "faces", "warnings", "elapsed_ms"],
+            "required": ["model", "image", "faces", "warnings", "elapsed_ms", "result_link"],
             "properties": {
                 "model": {"$ref": "#/components/schemas/Model"},
                 "image": {
@@ -157,6 +177,14 @@ def _schemas() -> dict[str, Any]:
                 },
                 "warnings": {"type": "array", "items": {"type": "string"}},
                 "elapsed_ms": {"type": "number", "minimum": 0},
+                "result_link": {
+                    "type": "string",
+                    "format": "uri-reference",
+                    "description": "This answer's page on this server (`/result?r=...`): its "
+                    "numbers, never the photo. The server signs the link, so only links it "
+                    "made open (others get 400); they keep working across restarts when the "
+                    "server has a fixed `SECRET_KEY`.",
+                },
             },
         },
         "Health": {
@@ -182,12 +210,22 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def openapi_spec(max_upload_mb: float, server_url: str) -> dict[str, Any]:
-    """The API description for this server (its upload limit and address filled in)."""
+def openapi_spec(
+    max_upload_mb: float,
+    server_url: str,
+    link_for: Callable[[dict[str, Any]], str],
+    rate_limit: str,
+) -> dict[str, Any]:
+    """The API description for this server: its upload limit, address and rate limit filled
+    in, and the examples' ``result_link`` made by ``link_for`` (so they open on this server)."""
     model = NO_FACE_EXAMPLE["model"]
     prediction = {**NO_FACE_EXAMPLE, "image": {"width": 1200, "height": 800}}
     prediction |= {"faces": [EXAMPLE_FACE], "warnings": [], "elapsed_ms": 123.4}
-    errors = {status: _error_response(*text) for status, text in ERROR_CODES.items()}
+    examples = {"one face": prediction, "no face": NO_FACE_EXAMPLE}
+    examples = {name: {**value, "result_link": link_for(value)} for name, value in examples.items()}
+    errors = {status: _error_response(status, *text) for status, text in ERROR_CODES.items()}
+    limit = "none" if rate_limit == "off" else f"`{rate_limit}` per client address"
+    errors["429"]["description"] += f" This server's limit: {limit}."
     return {
         "openapi": "3.1.0",
         "info": {
@@ -228,8 +266,7 @@ def openapi_spec(max_upload_mb: float, server_url: str) -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/Prediction"},
                                     "examples": {
-                                        "one face": {"value": prediction},
-                                        "no face": {"value": NO_FACE_EXAMPLE},
+                                        name: {"value": value} for name, value in examples.items()
                                     },
                                 }
                             },

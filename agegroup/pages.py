@@ -1,36 +1,21 @@
-"""What the result page shows, and the link that carries a result without storing it.
+"""What the result page shows, checked number by number, and the API answer's shape.
 
-A result travels in its own URL (``/result?r=...``): the API's JSON for the faces, deflated
-and base64url-encoded. The server keeps nothing, so the browser's Back, reload and a copied
-link all work; the photo itself never goes into the link. The page script builds the same
-link from the same JSON (``static/app.js``), so both must agree on ``LINK_FIELDS``.
+A result travels in its own signed URL (``/result?r=...``, agegroup.links); the page is built
+here from the numbers it carries, each checked again before it is shown.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from agegroup.buckets import BUCKETS
-from agegroup.errors import BadRequest
+from agegroup.errors import BadLink
 from agegroup.faces import MAX_FACES
+from agegroup.links import DAMAGED_LINK
 
-# The parts of an API answer that a result link carries (warnings are rebuilt, not trusted).
-LINK_FIELDS = ("model", "image", "faces", "elapsed_ms")
-FACE_FIELDS = ("box", "face_found", "low_resolution", "probabilities", "age")
-# A link longer than this is not one of ours (20 faces take about 2,500 characters).
-MAX_LINK_CHARS = 6000
-MAX_LINK_JSON_BYTES = 32 * 1024
 DECIMALS = 4
-
-
-class BadLink(BadRequest):
-    code = "bad_result_link"
 
 
 def shaped_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -42,33 +27,6 @@ def shaped_json(result: dict[str, Any]) -> dict[str, Any]:
             {**face, "confidence": probabilities[face["bucket"]], "probabilities": probabilities}
         )
     return {**result, "faces": faces}
-
-
-def encode_link(result: dict[str, Any]) -> str:
-    """The ``r`` parameter of the result page for an API answer."""
-    kept = {key: result[key] for key in LINK_FIELDS if key in result}
-    kept["faces"] = [
-        {key: face[key] for key in FACE_FIELDS if key in face} for face in result["faces"]
-    ]
-    text = json.dumps(kept, separators=(",", ":"))
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as CompressionStream writes
-    packed = packer.compress(text.encode()) + packer.flush()
-    return base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
-
-
-def decode_link(token: str) -> dict[str, Any]:
-    """The JSON a result link carries; ``BadLink`` (400) for anything that is not a valid one."""
-    if not token or len(token) > MAX_LINK_CHARS:
-        raise BadLink("This result link is incomplete or damaged. Try the photo again.")
-    try:
-        packed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        unpacker = zlib.decompressobj(-15)
-        text = unpacker.decompress(packed, MAX_LINK_JSON_BYTES)
-        if unpacker.unconsumed_tail:
-            raise ValueError("too long")
-        return json.loads(text)
-    except (binascii.Error, ValueError, zlib.error, UnicodeDecodeError) as exc:
-        raise BadLink("This result link is incomplete or damaged. Try the photo again.") from exc
 
 
 @dataclass(frozen=True)
@@ -199,5 +157,5 @@ def result_view(result: dict[str, Any]) -> ResultView:
         elapsed = result.get("elapsed_ms")
         elapsed = None if elapsed is None else _number(elapsed, 0, 10**7)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BadLink("This result link is incomplete or damaged. Try the photo again.") from exc
+        raise BadLink(DAMAGED_LINK) from exc
     return ResultView(width, height, faces, name, version, elapsed)

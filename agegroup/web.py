@@ -35,8 +35,10 @@ from agegroup.images import (
     decode_upload,
     shared_budget,
 )
+from agegroup.limits import ClientLimits
+from agegroup.links import ResultLinks
 from agegroup.openapi import openapi_spec
-from agegroup.pages import decode_link, encode_link, result_view, shaped_json
+from agegroup.pages import result_view, shaped_json
 from agegroup.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,11 @@ class AppState:
 
     settings: Settings
     predictor: Predictor | None
+    links: ResultLinks
     load_error: str | None = None
     detector: FaceDetector | None = None
+    # None with AGE_RATE_LIMIT=off; the routes are wrapped by it, this is for inspection.
+    limits: ClientLimits | None = None
 
     def require_predictor(self) -> Predictor:
         if self.predictor is None:
@@ -214,12 +219,17 @@ def predict_page() -> Response:
     because the result travels in the link itself (not the photo: it is never kept).
     """
     result = _analyze(lambda: _read_example() or _read_upload())
-    return redirect(url_for("web.result_page", r=encode_link(result)), code=303)
+    return redirect(_result_link(result), code=303)
+
+
+def _result_link(result: dict[str, Any]) -> str:
+    """The address of the result page for an API answer, signed by this site."""
+    return url_for("web.result_page", r=_state().links.token(result))
 
 
 @bp.get("/result")
 def result_page() -> str:
-    data = decode_link(request.args.get("r", ""))
+    data = _state().links.open(request.args.get("r", ""))
     return render_template(
         "result.html",
         result=result_view(data),
@@ -230,7 +240,9 @@ def result_page() -> str:
 
 @bp.post("/api/predict")
 def predict_api() -> Response:
-    return jsonify(_analyze(_read_upload))
+    result = _analyze(_read_upload)
+    # The page's script shows the result under this link: only the server can sign it.
+    return jsonify({**result, "result_link": _result_link(result)})
 
 
 @bp.get("/api")
@@ -241,7 +253,14 @@ def api_page() -> str:
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
     state = _state()
-    return jsonify(openapi_spec(state.settings.max_upload_mb, request.host_url.rstrip("/")))
+    return jsonify(
+        openapi_spec(
+            state.settings.max_upload_mb,
+            request.host_url.rstrip("/"),
+            _result_link,
+            state.settings.rate_limit,
+        )
+    )
 
 
 @bp.get("/healthz")

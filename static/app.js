@@ -1,14 +1,12 @@
 // Progressive enhancement of the server-rendered pages; every form also works without it.
 // With this script: files are checked (type, size) and large photos shrunk before upload, the
 // upload shows progress, the photo is sent to /api/predict and the result page is rendered in
-// place under its own link (/result?r=..., the same link the form post redirects to), with the
-// photo, face thumbnails and downloads made here in the browser. Nothing is kept anywhere but
-// this tab's history entry.
+// place under its own link (/result?r=..., signed by the server, which hands it over in the
+// answer's result_link), with the photo, face thumbnails and downloads made here in the
+// browser. Nothing is kept anywhere but this tab's history entry.
 (function () {
   "use strict";
 
-  const LINK_FIELDS = ["model", "image", "faces", "elapsed_ms"]; // agegroup/pages.py
-  const FACE_FIELDS = ["box", "face_found", "low_resolution", "probabilities", "age"];
   const EXTENSIONS = /\.(jpe?g|png|webp|avif|gif|bmp)$/i;
   const LABEL_PX = 13; // box labels, in screen pixels
 
@@ -181,27 +179,6 @@
     });
   }
 
-  function base64url(bytes) {
-    let binary = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) {
-      binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-    }
-    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-  }
-
-  // The result link's r parameter: what agegroup.pages.encode_link makes from the same JSON.
-  async function encodeLink(result) {
-    const kept = {};
-    LINK_FIELDS.forEach((key) => { if (key in result) kept[key] = result[key]; });
-    kept.faces = result.faces.map((face) => {
-      const slim = {};
-      FACE_FIELDS.forEach((key) => { if (key in face) slim[key] = face[key]; });
-      return slim;
-    });
-    const packed = new Blob([JSON.stringify(kept)]).stream().pipeThrough(new CompressionStream("deflate-raw"));
-    return base64url(new Uint8Array(await new Response(packed).arrayBuffer()));
-  }
-
   async function show(url, state, push) {
     const response = await fetch(url, { headers: { Accept: "text/html" } });
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
@@ -231,8 +208,8 @@
         throw new Error(error ? error.message : "The server could not answer (" + answer.status + ").");
       }
       say(form, "Done.");
-      const url = form.dataset.result + "?r=" + (await encodeLink(answer.body));
-      await show(url, { photo: prepared.display, api: answer.body }, true);
+      // The link is signed by the server (agegroup/links.py): the browser never holds the key.
+      await show(answer.body.result_link, { photo: prepared.display, api: answer.body }, true);
     } catch (error) {
       setBusy(form, false);
       showError(form, error.message);

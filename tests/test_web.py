@@ -170,27 +170,28 @@ def _link_json(**face_changes) -> dict:
     }
 
 
-def test_a_result_link_round_trips_and_shows_the_age_in_years_when_present(client):
-    from agegroup.pages import decode_link, encode_link
+def signed(app, data: dict) -> str:
+    """The ``r`` parameter the app makes for ``data``, signed with its key."""
+    return app.extensions["agegroup"].links.token(data)
 
+
+def test_a_result_link_round_trips_and_shows_the_age_in_years_when_present(app, client):
     data = _link_json(age={"estimate": 34.2, "interval": [28, 41]})
-    decoded = decode_link(encode_link(data))
+    decoded = app.extensions["agegroup"].links.open(signed(app, data))
     # The link carries the numbers, not what follows from them (bucket and confidence).
     kept = {k: v for k, v in data["faces"][0].items() if k not in ("bucket", "confidence")}
     assert decoded == data | {"faces": [kept]}
-    html = client.get(f"/result?r={encode_link(data)}").get_data(as_text=True)
+    html = client.get(f"/result?r={signed(app, data)}").get_data(as_text=True)
     assert "about 34, likely 28-41" in html
     assert "<title>1 face: 21-30 - Age group detector</title>" in html
-    assert "about 34" not in client.get(f"/result?r={encode_link(_link_json())}").get_data(
+    assert "about 34" not in client.get(f"/result?r={signed(app, _link_json())}").get_data(
         as_text=True
     )
 
 
-def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
+def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(app, client):
     """gunicorn.conf.py refuses request lines over 4094 bytes; 20 faces with ages stay far below."""
     import gunicorn.config
-
-    from agegroup.pages import encode_link
 
     rng = np.random.default_rng(0)
     data = _link_json()
@@ -207,7 +208,7 @@ def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
     ]
     for face in data["faces"]:  # rounding may leave the sum off by up to 0.00035
         face["probabilities"] = {k: float(v) for k, v in face["probabilities"].items()}
-    line = f"GET /result?r={encode_link(data)} HTTP/1.1"
+    line = f"GET /result?r={signed(app, data)} HTTP/1.1"
     limit = gunicorn.config.Config().limit_request_line
     conf: dict = {}
     exec((ROOT / "gunicorn.conf.py").read_text(), conf)
@@ -229,21 +230,18 @@ def test_a_link_with_twenty_faces_fits_in_gunicorns_request_line(client):
         {"age": {"estimate": "old"}},
     ],
 )
-def test_a_tampered_result_link_is_a_clear_400(client, change):
-    from agegroup.pages import encode_link
-
-    response = client.get(f"/result?r={encode_link(_link_json(**change))}")
+def test_a_result_link_with_impossible_numbers_is_a_clear_400_even_when_signed(app, client, change):
+    """The page checks every number again, whoever signed them."""
+    response = client.get(f"/result?r={signed(app, _link_json(**change))}")
     assert response.status_code == 400
     assert 'data-code="bad_result_link"' in response.get_data(as_text=True)
     for junk in ["", "abc", "!!!!", "A" * 7000]:
         assert client.get(f"/result?r={junk}").status_code == 400
 
 
-def test_no_face_leads_with_no_face_found_and_keeps_the_guess_secondary(client):
-    from agegroup.pages import encode_link
-
+def test_no_face_leads_with_no_face_found_and_keeps_the_guess_secondary(app, client):
     data = _link_json(box=None, face_found=False)
-    html = client.get(f"/result?r={encode_link(data)}").get_data(as_text=True)
+    html = client.get(f"/result?r={signed(app, data)}").get_data(as_text=True)
     assert '<h1 id="result-title" tabindex="-1">No face found</h1>' in html
     assert "<title>No face found - Age group detector</title>" in html
     assert "closer" in html and "brighter" in html

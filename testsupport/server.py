@@ -44,8 +44,12 @@ def procfile_command(port: int, procfile: Path = PROJECT_ROOT / "Procfile") -> l
     return [sys.executable, "-m", "gunicorn", *words[1:]]
 
 
-def render_env(path: Path = PROJECT_ROOT / "render.yaml") -> dict[str, str]:
-    """render.yaml's envVars (``- key: NAME`` / ``value: ...`` pairs), without PYTHON_VERSION."""
+def render_env(path: Path = PROJECT_ROOT / "render.yaml", limits: bool = False) -> dict[str, str]:
+    """render.yaml's envVars (``- key: NAME`` / ``value: ...`` pairs), without PYTHON_VERSION.
+
+    The per-client limits are off unless ``limits``: a load tool's clients all come from one
+    address, so the limits would count them as one visitor (tools/abuse.py measures them).
+    """
     env: dict[str, str] = {}
     key = None
     for line in path.read_text().splitlines():
@@ -56,6 +60,8 @@ def render_env(path: Path = PROJECT_ROOT / "render.yaml") -> dict[str, str]:
             env[key] = match.group(1).strip().strip("\"'")
             key = None
     env.pop("PYTHON_VERSION", None)
+    if not limits:
+        env["AGE_RATE_LIMIT"] = "off"
     return env
 
 
