@@ -183,7 +183,7 @@ def api_prediction(page: Any, live_url: str, photo: Path) -> dict[str, Any]:
     return response.json()["faces"][0]
 
 
-RESULT_URL = re.compile(r"/result\?r=[A-Za-z0-9_-]+$")
+RESULT_URL = re.compile(r"/result\?r=[A-Za-z0-9_.-]+$")  # signed: payload.signature
 
 
 def submit(page: Any) -> None:
