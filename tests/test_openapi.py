@@ -95,3 +95,36 @@ def image_bytes_of_half_a_jpeg() -> bytes:
 
     whole = image_bytes(Image.effect_mandelbrot((300, 200), (-2, -1, 1, 1), 60).convert("RGB"))
     return whole[: len(whole) // 2]
+
+
+def test_a_real_429_matches_the_schema_and_its_retry_after_is_documented(settings, app, spec):
+    from agegroup.config import Settings
+    from agegroup.factory import create_app
+
+    limited = Settings(**{**settings.__dict__, "rate_limit": "1/minute"})
+    client = create_app(limited, predictor=app.extensions["agegroup"].predictor).test_client()
+    photo = {"image": (io.BytesIO((EXAMPLES / "grace-hopper.jpg").read_bytes()), "g.jpg")}
+    assert client.post("/api/predict", data=photo).status_code == 200
+    photo = {"image": (io.BytesIO((EXAMPLES / "grace-hopper.jpg").read_bytes()), "g.jpg")}
+    refused = client.post("/api/predict", data=photo)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    documented = spec["paths"]["/api/predict"]["post"]["responses"]["429"]
+    assert "Retry-After" in documented["headers"]
+    assert "rate_limited" in documented["description"]
+    validator(spec, "Error").validate(refused.get_json())
+    # This server's own limit is stated in its description.
+    assert (
+        "`1/minute`"
+        in client.get("/openapi.json").get_json()["paths"]["/api/predict"]["post"]["responses"][
+            "429"
+        ]["description"]
+    )
+
+
+def test_the_examples_result_links_open_on_the_server_that_describes_them(client, spec):
+    examples = spec["paths"]["/api/predict"]["post"]["responses"]["200"]["content"]
+    for example in examples["application/json"]["examples"].values():
+        link = example["value"]["result_link"]
+        assert link.startswith("/result?r=")
+        assert client.get(link).status_code == 200
+    assert "result_link" in spec["components"]["schemas"]["Prediction"]["required"]
