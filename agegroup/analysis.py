@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from agegroup.ages import AgeEstimate
+from agegroup.boxes import MIN_FACE_PX
 from agegroup.buckets import BUCKETS
-from agegroup.crops import MIN_FACE_PX, crop_face, whole_photo_as_face
+from agegroup.crops import crop_face, whole_photo_as_face
 from agegroup.faces import MAX_FACES, FaceDetector, get_detector, select_faces
 from agegroup.images import DecodedImage
 from agegroup.predictor import ModelInfo, Predictor, predict_groups

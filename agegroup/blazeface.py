@@ -14,11 +14,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from agegroup.boxes import Detections
 from agegroup.config import PROJECT_ROOT
+from agegroup.networks import small_network_session
 
 MODEL_DIR = PROJECT_ROOT / "model" / "blazeface"
 
@@ -39,15 +40,6 @@ SHORT_RANGE = Network("face_detection_short_range.onnx", ((8, 2), (16, 6)), 16)
 NETWORKS = {"full": FULL_RANGE, "short": SHORT_RANGE}
 
 
-@dataclass(frozen=True)
-class Detections:
-    """Candidate faces in input pixels: ``boxes`` as ``x0, y0, x1, y1``; 6 keypoints each."""
-
-    scores: np.ndarray  # (n,)
-    boxes: np.ndarray  # (n, 4)
-    keypoints: np.ndarray  # (n, 6, 2)
-
-
 def anchor_centres(network: Network, height: int, width: int) -> np.ndarray:
     """The ``(x, y)`` centre of every anchor for an input of ``height`` x ``width``."""
     rows = []
@@ -56,32 +48,6 @@ def anchor_centres(network: Network, height: int, width: int) -> np.ndarray:
         centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1) * stride
         rows.append(np.repeat(centres, per_cell, axis=0))
     return np.concatenate(rows).astype(np.float32)
-
-
-def small_network_session(path: Path, threads: int, name: str) -> Any:
-    """An onnxruntime session for a small network the server's threads share (BlazeFace, and
-    the face check of ``agegroup.face_check``); a missing ``name`` model file fails loudly."""
-    import onnxruntime as ort
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no {name} model at {path}")
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(0, threads)  # 0: onnxruntime decides
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Spinning pool threads would burn a shared host's small CPU share between requests.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Every photo shape is a new input shape: cached memory patterns would keep a plan for
-    # each and grow the process (measured: +140 MB over 1,000 requests), so they are off.
-    # The arena stays on: it keeps the buffers of one search (bounded by the finest
-    # level's pixels) for the next. Without it each run's activations are allocated anew,
-    # and with render.yaml's MALLOC_MMAP_THRESHOLD_ every one of 1 MB or more is a fresh
-    # mapping whose pages are faulted in and zeroed: the 250,000-pixel level then took
-    # 180 ms of CPU instead of 50 (`python -m tools.bench --stages`).
-    options.enable_cpu_mem_arena = True
-    options.enable_mem_pattern = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class BlazeFace:
@@ -125,37 +91,3 @@ class BlazeFace:
         boxes = np.concatenate([mid - half, mid + half], axis=1)
         keypoints = raw[:, 4:].reshape(-1, 6, 2) + centres[:, None, :]
         return Detections(scores, boxes, keypoints)
-
-
-def intersections(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The area each of ``boxes`` shares with ``box`` (all as ``x0, y0, x1, y1``)."""
-    lo = np.maximum(box[:2], boxes[:, :2])
-    hi = np.minimum(box[2:4], boxes[:, 2:4])
-    return np.prod(np.maximum(hi - lo, 0), axis=1)
-
-
-def weighted_nms(found: Detections, overlap: float = 0.3) -> Detections:
-    """MediaPipe's blending suppression: overlapping candidates are averaged, score-weighted.
-
-    Blending (rather than keeping the best candidate) steadies the box and the keypoints,
-    which the crop is aligned by.
-    """
-    order = np.argsort(-found.scores)
-    scores, boxes, points = found.scores[order], found.boxes[order], found.keypoints[order]
-    areas = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 0), axis=1)
-    remaining = np.ones(len(order), dtype=bool)
-    out_s, out_b, out_k = [], [], []
-    for i in range(len(order)):
-        if not remaining[i]:
-            continue
-        inter = intersections(boxes[i], boxes)
-        iou = inter / np.maximum(areas[i] + areas - inter, 1e-6)
-        group = remaining & (iou > overlap)
-        remaining &= ~group
-        weights = scores[group] / scores[group].sum()
-        out_s.append(scores[i])
-        out_b.append((boxes[group] * weights[:, None]).sum(0))
-        out_k.append((points[group] * weights[:, None, None]).sum(0))
-    if not out_s:
-        return Detections(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 6, 2)))
-    return Detections(np.array(out_s), np.array(out_b), np.array(out_k))

@@ -1,10 +1,9 @@
-"""A second opinion on the faces BlazeFace is not sure of: MTCNN's output network (ONet).
+"""A second opinion on the faces a detector is not sure of: MTCNN's output network (ONet).
 
 BlazeFace scores real faces and face-like clutter alike between its face threshold and its
-"sure" score (every false face on the detection benchmark's faceless photos scored 0.60-0.65,
-and so did many real faces). ONet, a different network trained on other photos (MIT, the
-weights ``facenet-pytorch`` ships, converted once by ``tools/convert_mtcnn.py``), reads the
-middle of the face's aligned crop and tells them apart (README, "Face detection").
+"sure" score. ONet, a different network trained on other photos (MIT, the weights
+``facenet-pytorch`` ships, converted once by ``tools/convert_mtcnn.py``), reads the middle of
+the face's aligned crop and tells them apart (docs/detection.md#the-face-check).
 """
 
 from __future__ import annotations
@@ -15,16 +14,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegroup.blazeface import small_network_session
 from agegroup.config import PROJECT_ROOT
+from agegroup.networks import small_network_session
 
 MODEL_DIR = PROJECT_ROOT / "model" / "mtcnn"
 MODEL_FILE = "onet.onnx"
 INPUT_SIDE = 48
-# ONet reads this middle share of the app's aligned crop (``crop_face``'s UTKFace framing),
-# close to the framing of MTCNN's own faces: measured on the detection benchmark, the middle
-# 85% separated real faces from clutter better than 65% or 75%.
+# ONet reads this middle share of the aligned crop (``crop_face``'s UTKFace framing), close to
+# the framing of MTCNN's own faces. docs/detection.md#the-face-check
 MIDDLE_SHARE = 0.85
+# An unsure face is kept when ONet gives its aligned crop at least this.
+# docs/detection.md#the-face-check
+FACE_CHECK_SCORE = 0.5
 
 
 class FaceCheck:

@@ -6,10 +6,9 @@ small faces in large photos and faces without colour (a black-and-white print in
 scene, an old scan) are where it fails. MTCNN's proposal network (PNet) slides a 12 px window
 over a pyramid of the photo, its refinement network (RNet) judges each proposal again at
 24 x 24, and its output network (ONet, shared with ``agegroup.face_check``) at 48 x 48. Only
-faces ONet also takes for faces on their aligned crop are added to BlazeFace's
-(``agegroup.faces``): on the detection benchmark they found most of its missed faces without a
-single false one (README, "Face detection"). The networks are facenet-pytorch's weights (MIT),
-converted once to ONNX by ``tools/convert_mtcnn.py``.
+faces ONet also takes for faces on their aligned crop are added to the search's
+(``agegroup.faces``; docs/detection.md#mtcnn). The networks are facenet-pytorch's weights
+(MIT), converted once to ONNX by ``tools/convert_mtcnn.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegroup.blazeface import intersections, small_network_session
+from agegroup.boxes import same_place, shifted, squared, suppress
 from agegroup.face_check import MODEL_DIR, FaceCheck, normalised
+from agegroup.networks import small_network_session
 
 PNET_FILE = "pnet.onnx"
 RNET_FILE = "rnet.onnx"
@@ -30,10 +30,8 @@ PNET_STRIDE = 2
 RNET_SIDE = 24
 ONET_SIDE = 48
 # The smallest face searched for (the side of MTCNN's box, photo pixels) unless the finest level
-# would pass the detector's pixel budget (``AGE_DETECT_PIXELS``); each pyramid level is
-# PYRAMID_FACTOR times the one before. Measured on the detection benchmark (README, "Face
-# detection"): 0.6 rather than MTCNN's own 0.709 costs 10% less time for the same recall at 48
-# px and up; faces from 20 px and 300 proposals found more 32 px faces for 20 ms more a photo.
+# would pass the pixel budget (AGE_DETECT_PIXELS); each pyramid level is PYRAMID_FACTOR times the
+# one before (MTCNN's own is 0.709: 0.6 is faster for the same recall). docs/detection.md#mtcnn
 MIN_FACE = 24
 PYRAMID_FACTOR = 0.6
 # MTCNN's own thresholds for its first two stages, and its box overlaps for suppression.
@@ -143,50 +141,3 @@ def _square_crop(rgb: Image.Image, box: np.ndarray, side: int) -> Image.Image:
     inside = x0 >= 0 and y0 >= 0 and x1 <= rgb.width and y1 <= rgb.height
     region, within = (rgb, (x0, y0, x1, y1)) if inside else (rgb.crop((x0, y0, x1, y1)), None)
     return region.resize((side, side), Image.Resampling.BILINEAR, box=within, reducing_gap=2.0)
-
-
-def same_place(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """``(n, k)``: whether box i's centre lies inside box j, or box j's inside box i (boxes as
-    ``x0, y0, x1, y1``): the same face seen at two sizes."""
-
-    def centre_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        centre = (a[:, None, :2] + a[:, None, 2:4]) / 2
-        return ((centre >= b[None, :, :2]) & (centre <= b[None, :, 2:4])).all(axis=2)
-
-    return centre_inside(boxes, others) | centre_inside(others, boxes).T
-
-
-def shifted(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Boxes moved by the networks' offsets (fractions of the box's width and height)."""
-    sides = np.tile(boxes[:, 2:4] - boxes[:, 0:2], 2)
-    return boxes + offsets * sides
-
-
-def squared(boxes: np.ndarray) -> np.ndarray:
-    """Each box made square about its centre, on its longer side (at least 1 px: offsets can
-    turn a box inside out)."""
-    centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
-    half = np.maximum(np.max(boxes[:, 2:4] - boxes[:, :2], axis=1, keepdims=True), 1.0) / 2
-    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
-
-
-def suppress(
-    boxes: np.ndarray, scores: np.ndarray, overlap: float, of_smaller: bool = False
-) -> np.ndarray:
-    """Indices of the boxes kept by non-maximum suppression, best score first: a box goes when
-    its intersection with a better one is more than ``overlap`` of their union (or, with
-    ``of_smaller``, of the smaller box)."""
-    order = np.argsort(-scores)
-    areas = np.prod(np.maximum(boxes[:, 2:4] - boxes[:, :2], 0), axis=1)
-    kept = []
-    while len(order):
-        best, rest = order[0], order[1:]
-        kept.append(best)
-        inter = intersections(boxes[best], boxes[rest])
-        whole = (
-            np.minimum(areas[best], areas[rest])
-            if of_smaller
-            else areas[best] + areas[rest] - inter
-        )
-        order = rest[inter / np.maximum(whole, 1e-6) <= overlap]
-    return np.array(kept, dtype=np.int64)

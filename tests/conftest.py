@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny but real exported fastai learner, the app and its test client.
+"""Shared fixtures: a tiny but real exported fastai learner, the app, its test client, apps
+with other settings, and Grace Hopper's photo.
 
 The helpers behind them live in the ``testsupport`` package, which the tools use too.
 """
@@ -6,9 +7,13 @@ The helpers behind them live in the ``testsupport`` package, which the tools use
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 from agegroup.config import Settings
 from agegroup.factory import create_app
@@ -54,3 +59,37 @@ def client(app):
 @pytest.fixture()
 def face_jpeg() -> bytes:
     return images.face_jpeg()
+
+
+@pytest.fixture()
+def client_with(settings: Settings, app) -> Callable[..., Any]:
+    """``client_with(**changes)``: a test client of an app whose settings differ by ``changes``
+    and that shares the session app's loaded model."""
+
+    def make(**changes: Any) -> Any:
+        other = create_app(
+            replace(settings, **changes), predictor=app.extensions["agegroup"].predictor
+        )
+        other.config["TESTING"] = True
+        return other.test_client()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def grace() -> Image.Image:
+    """Grace Hopper's public-domain portrait (matplotlib's sample photo, 512 x 600)."""
+    cbook = pytest.importorskip("matplotlib.cbook")
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def grace_crop(grace: Image.Image) -> Image.Image:
+    """Grace Hopper's face cropped as UTKFace's are (200 x 200, aligned) by the default
+    detector."""
+    from agegroup.crops import crop_face
+    from agegroup.faces import get_detector
+
+    [box] = get_detector().detect(grace)
+    return crop_face(grace, box)

@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup.crops import CROP_SIZE, crop_face
-from agegroup.faces import get_detector
+from agegroup.crops import CROP_SIZE
 from agegroup.training.data import Sample
 from agegroup.training.served_crops import placed_photo, served_crop, served_training_rows
 from agegroup.training.train import CachedImages
-
-
-@pytest.fixture(scope="module")
-def grace_crop() -> Image.Image:
-    cbook = pytest.importorskip("matplotlib.cbook")
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
-        photo = image.convert("RGB")
-    [box] = get_detector().detect(photo)
-    return crop_face(photo, box)
 
 
 def grey_small(image: Image.Image) -> np.ndarray:

@@ -101,3 +101,4 @@ def test_bench_stages_time_each_step_of_a_request(lean_dir, tmp_path) -> None:
         whole = steps["decode"] + steps["detect (all of it)"] + steps["crop"] + steps["model"]
         assert steps["request (all of it)"] >= whole - 0.3
         assert min(steps["decode"], steps["model"], steps["crop"]) > 0
+        assert steps["MTCNN, all of it"] > 0  # the default detector's own steps, reported by it

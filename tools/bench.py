@@ -204,24 +204,13 @@ def forward_ms(settings: Settings, crops: Sequence[Image.Image], repeats: int) -
     }
 
 
-class _Proxy:
-    """A BlazeFace network whose runs go through ``call`` (Python looks ``__call__`` up on the
-    class, so an instance's cannot simply be replaced)."""
-
-    def __init__(self, network: Any, call: Callable[..., Any]) -> None:
-        self.network = network.network
-        self._call = call
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
-
 def stage_profile(settings: Settings, photos: Sequence[bytes]) -> dict[str, float]:
     """CPU milliseconds per photo of each step of a request, in this process (no server).
 
     CPU time (``time.process_time``), not wall time, so that other work on a shared machine
-    counts less. Each BlazeFace run is recorded under its input size (the search's levels) or
-    as a second look; the steps are those of ``agegroup.analysis.analyze``.
+    counts less. The detector reports its own steps (``FaceDetector.stages``: each search level
+    by its input size, the second looks, landmarks, MTCNN, HOG, the face check); the others
+    are those of ``agegroup.analysis.analyze``.
     """
     from agegroup.crops import crop_face
     from agegroup.faces import select_faces
@@ -231,33 +220,17 @@ def stage_profile(settings: Settings, photos: Sequence[bytes]) -> dict[str, floa
 
     predictor, detector = load_predictor(settings), load_detector(settings)
     spent: dict[str, float] = {}
-
-    looking = [False]  # the runs of a second look count as the look's, not as levels
+    detector.stages.spent = spent  # this detector is the bench's own
 
     def timed(label: str, call: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not label and looking[0]:
-                return call(*args, **kwargs)
-            looking[0] = looking[0] or label == "second looks"
             started = time.process_time()
             try:
                 return call(*args, **kwargs)
             finally:
-                key = label or "search level {1}x{0}".format(*args[0].shape[:2])
-                spent[key] = spent.get(key, 0.0) + time.process_time() - started
-                looking[0] = looking[0] and label != "second looks"
+                spent[label] = spent.get(label, 0.0) + time.process_time() - started
 
         return wrapper
-
-    blaze = detector._blaze  # noqa: SLF001 (instrumented on this instance only)
-    if blaze is not None:
-        look = timed("second looks", detector._look_again)  # noqa: SLF001
-        detector._blaze = _Proxy(blaze, timed("", blaze))  # noqa: SLF001
-        detector._look_again = look  # noqa: SLF001
-    detector._with_landmarks = timed("dlib landmarks", detector._with_landmarks)  # noqa: SLF001
-    if detector._mtcnn is not None:  # noqa: SLF001 (its landmarks count in both rows)
-        mtcnn = timed("MTCNN, all of it", detector._mtcnn_faces)  # noqa: SLF001
-        detector._mtcnn_faces = mtcnn  # noqa: SLF001
 
     def request(data: bytes) -> None:
         image = timed("decode", decode_upload)(data, settings.max_pixels, settings.work_size).image
@@ -433,7 +406,8 @@ def print_stages(args: argparse.Namespace) -> int:
         onnx_precision=args.precision,
     )
     result = {kind: stage_profile(settings, photos[kind]) for kind in ("one", "five")}
-    # Levels, second looks and landmarks are parts of "detect (all of it)".
+    # The detector's own steps (levels, second looks, landmarks, MTCNN) are parts of "detect
+    # (all of it)".
     print("| step, CPU ms per photo | 1 face | 5 faces |\n|---|---|---|")
     for step in sorted(set(result["one"]) | set(result["five"])):
         print(f"| {step} | {result['one'].get(step, 0):.1f} | {result['five'].get(step, 0):.1f} |")
@@ -473,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stages",
         action="store_true",
         help="only the CPU time of each step (decode, search levels, second looks, landmarks, "
-        "crop, model) per photo, in this process",
+        "MTCNN, crop, model) per photo, in this process",
     )
     args = parser.parse_args(argv)
     if args.stages:

@@ -2,7 +2,7 @@
 
     python -m tools.detection_bench                  # full run (a few minutes on 2 cores)
     python -m tools.detection_bench --quick          # a smaller run of the same kind
-    python -m tools.detection_bench --template 300   # BlazeFace's keypoints on UTKFace crops
+    python -m tools.detection_bench --template 300   # where keypoints and boxes sit on crops
 
 Photos are made, with fixed seeds, from UTKFace test-split crops (all their poses) pasted into
 larger cluttered photos (640 x 480 to 1280 x 960): face sizes 32, 48, 80, 160 and 320 px (the
@@ -21,26 +21,32 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import string
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 
 from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import DETECT_PIXELS, FaceDetector, make_detector
 from agegroup.onnx_runtime import lean_model_path
-from agegroup.training.degrade import jpeg_round_trip
+from testsupport.photos import (
+    CONDITIONS,
+    SIZES,
+    Face,
+    as_jpeg,
+    clutter,
+    face_photos,
+    faceless_photos,
+    grey_copy,
+    place,
+    tight_photo,
+)
 
-SIZES = (32, 48, 80, 160, 320)
-CONDITIONS = ("plain", "grey", "blur", "dark", "covered")
-PHOTO_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (960, 1280))
 ROTATION_BINS = ((0, 10), (10, 20), (20, 31))
-# Photos that are the face alone keep this share of a UTKFace crop's side around its centre.
+# Tight photos keep this share of a UTKFace crop's side around its centre.
 TIGHT_KEEP = (0.5, 0.6, 0.7)
 DETECTORS = (
     "blazeface",
@@ -48,239 +54,9 @@ DETECTORS = (
     "blazeface-without-hog",
     "blazeface-without-check",
     "blazeface+keypoints",
+    "blazeface+boxes",
     "hog",
 )
-
-
-@dataclass(frozen=True)
-class Face:
-    """A pasted face: centre and side in photo pixels, its turn and condition."""
-
-    cx: float
-    cy: float
-    side: int
-    degrees: float
-    condition: str
-
-
-# --- photos ---------------------------------------------------------------------------------
-
-
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """matplotlib's DejaVu Sans (always installed with it), else Pillow's built-in font."""
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return ImageFont.truetype(str(path), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default(size)
-
-
-def clutter(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """Smooth colour noise with shapes, lines and words: clutter without faces."""
-    w, h = size
-    cell = int(rng.integers(8, 40))
-    coarse = rng.integers(0, 255, (h // cell + 2, w // cell + 2, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((w + 2 * cell, h + 2 * cell), Image.Resampling.BICUBIC)
-    image = image.crop((cell, cell, cell + w, cell + h))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(8, 30))):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        x1, y1 = x0 + int(rng.integers(5, w // 3)), y0 + int(rng.integers(5, h // 3))
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        kind = rng.integers(0, 4)
-        if kind == 0:
-            draw.ellipse((x0, y0, x1, y1), fill=colour)
-        elif kind == 1:
-            draw.rectangle((x0, y0, x1, y1), fill=colour)
-        elif kind == 2:
-            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, 8)))
-        else:
-            words = "".join(rng.choice(list(string.ascii_letters + "  "), 12))
-            draw.text((x0, y0), words, fill=colour, font=font(int(rng.integers(10, 60))))
-    return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2))))
-
-
-def with_condition(face: Image.Image, condition: str, rng: np.random.Generator) -> Image.Image:
-    """The face crop (at its pasted size) grey, blurred, darkened or partly covered."""
-    if condition == "grey":
-        return face.convert("L").convert("RGB")
-    if condition == "blur":
-        return face.filter(ImageFilter.GaussianBlur(face.width * 0.015))
-    if condition == "dark":
-        dark = np.asarray(face, dtype=np.float32) * 0.3 + rng.normal(
-            0, 3, (face.height, face.width, 3)
-        )
-        return Image.fromarray(np.clip(dark, 0, 255).astype(np.uint8))
-    if condition == "covered":
-        face = face.copy()
-        s = face.width
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        box = ((0, int(0.68 * s), s, s), (0, 0, int(0.3 * s), s), (int(0.7 * s), 0, s, s))
-        ImageDraw.Draw(face).rectangle(box[int(rng.integers(0, 3))], fill=colour)
-        return face
-    return face
-
-
-def place(photo: Image.Image, crop: Image.Image, face: Face, rng: np.random.Generator) -> None:
-    """Paste ``crop`` at ``face``: resized, conditioned, then turned about its centre."""
-    square = with_condition(
-        crop.resize((face.side, face.side), Image.Resampling.BILINEAR), face.condition, rng
-    )
-    rgba = square.convert("RGBA").rotate(
-        face.degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=(0, 0, 0, 0)
-    )
-    photo.paste(rgba, (round(face.cx - rgba.width / 2), round(face.cy - rgba.height / 2)), rgba)
-
-
-def as_jpeg(photo: Image.Image, quality: int = 88) -> Image.Image:
-    """The photo after a JPEG round trip, as an upload would be."""
-    return jpeg_round_trip(photo, quality)
-
-
-def face_photos(
-    crops: list[Image.Image], count: int, seed: int
-) -> list[tuple[Image.Image, list[Face]]]:
-    """``count`` photos of 1-4 faces; sizes and conditions cycle, so each is equally common."""
-    photos = []
-    j = 0
-    for i in range(count):
-        rng = np.random.default_rng(seed + i)
-        size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
-        photo = clutter(size, rng)
-        faces: list[Face] = []
-        for _ in range(int(rng.integers(1, 5))):
-            side = SIZES[j % len(SIZES)]
-            condition = CONDITIONS[(j // len(SIZES)) % len(CONDITIONS)]
-            degrees = float(rng.uniform(-30, 30))
-            reach = (
-                side
-                * (abs(math.cos(math.radians(degrees))) + abs(math.sin(math.radians(degrees))))
-                / 2
-            )
-            for _ in range(100):
-                cx = float(rng.uniform(reach, size[0] - reach))
-                cy = float(rng.uniform(reach, size[1] - reach))
-                if all(math.hypot(cx - f.cx, cy - f.cy) > reach + f.side * 0.71 for f in faces):
-                    break
-            else:
-                continue
-            face = Face(cx, cy, side, degrees, condition)
-            place(photo, crops[j % len(crops)], face, rng)
-            faces.append(face)
-            j += 1
-        photos.append((as_jpeg(photo), faces))
-    return photos
-
-
-def _terrain(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    import matplotlib
-    from matplotlib import cbook
-
-    name, key = (("jacksboro_fault_dem.npz", "elevation"), ("topobathy.npz", "topo"))[
-        int(rng.integers(0, 2))
-    ]
-    z = np.asarray(cbook.get_sample_data(name)[key], dtype=np.float32)
-    z = (z - z.min()) / max(1e-6, float(z.max() - z.min()))
-    cmap = matplotlib.colormaps[str(rng.choice(["terrain", "gist_earth", "viridis", "copper"]))]
-    rgb = (cmap(z)[..., :3] * 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC)
-
-
-def _chart(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.linspace(0, 10, 200)
-    for k in range(int(rng.integers(1, 5))):
-        ax.plot(x, np.sin(x * rng.uniform(0.3, 3)) * rng.uniform(0.5, 3) + k, lw=2)
-    ax.scatter(rng.uniform(0, 10, 40), rng.uniform(-2, 5, 40), s=rng.uniform(5, 200, 40))
-    ax.set_title("".join(rng.choice(list(string.ascii_letters), 10)))
-    fig.canvas.draw()
-    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).resize(size)
-
-
-def _sample_photo(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    from matplotlib import cbook
-
-    name = ("Minduka_Present_Blue_Pack.png", "logo2.png")[int(rng.integers(0, 2))]
-    with Image.open(cbook.get_sample_data(name)) as image:
-        base = image.convert("RGB")
-    canvas = clutter(size, rng)
-    scale = float(rng.uniform(0.3, 1.0)) * min(size[0] / base.width, size[1] / base.height)
-    small = base.resize((max(1, int(base.width * scale)), max(1, int(base.height * scale))))
-    canvas.paste(
-        small,
-        (
-            int(rng.integers(0, size[0] - small.width + 1)),
-            int(rng.integers(0, size[1] - small.height + 1)),
-        ),
-    )
-    return canvas
-
-
-def _texture(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    kind = int(rng.integers(0, 3))
-    if kind == 0:  # stripes / waves
-        f = rng.uniform(0.01, 0.2, 2)
-        v = np.sin(x * f[0] + np.sin(y * f[1]) * rng.uniform(0, 5))
-    elif kind == 1:  # checkerboard
-        c = int(rng.integers(4, 64))
-        v = ((x // c + y // c) % 2) * 2 - 1.0
-    else:  # fine noise
-        v = rng.normal(0, 1, (h, w))
-    colours = rng.integers(0, 255, (2, 3))
-    t = ((v + 1) / 2)[..., None].clip(0, 1)
-    return Image.fromarray((colours[0] * t + colours[1] * (1 - t)).astype(np.uint8))
-
-
-def _text(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(150, 255, 3)))
-    draw = ImageDraw.Draw(image)
-    y = 0
-    while y < size[1]:
-        line_font = int(rng.integers(12, 90))
-        words = " ".join(
-            "".join(
-                rng.choice(list(string.ascii_letters + "0123456789@&"), int(rng.integers(1, 9)))
-            )
-            for _ in range(12)
-        )
-        draw.text(
-            (int(rng.integers(-20, 20)), y),
-            words,
-            fill=tuple(int(c) for c in rng.integers(0, 120, 3)),
-            font=font(line_font),
-        )
-        y += int(line_font * 1.3)
-    return image
-
-
-FACELESS_KINDS = {
-    "texture": _texture,
-    "scene": lambda rng, size: clutter(size, rng),
-    "terrain": _terrain,
-    "text": _text,
-    "chart": _chart,
-    "sample_photo": _sample_photo,
-}
-
-
-def faceless_photos(count: int, seed: int) -> list[tuple[str, Image.Image]]:
-    kinds = list(FACELESS_KINDS)
-    photos = []
-    for i in range(count):
-        rng = np.random.default_rng(seed + i)
-        size = PHOTO_SIZES[int(rng.integers(0, len(PHOTO_SIZES)))]
-        kind = kinds[i % len(kinds)]
-        photos.append((kind, as_jpeg(FACELESS_KINDS[kind](rng, size))))
-    return photos
 
 
 # --- scoring --------------------------------------------------------------------------------
@@ -329,6 +105,8 @@ def detectors(
             made[name] = make_detector("blazeface", "auto", face_check=False, **blaze)
         elif name == "blazeface+keypoints":
             made[name] = make_detector("blazeface", "keypoints", **blaze)
+        elif name == "blazeface+boxes":  # cropped by the box alone, not aligned
+            made[name] = make_detector("blazeface", "off", **blaze)
         elif name == "hog":
             made[name] = make_detector("hog", "auto", threads)
         else:
@@ -380,11 +158,6 @@ def measure_detection(detector: FaceDetector, photos: list, faceless: list) -> d
         "ms_per_photo_p50": round(float(np.percentile(times, 50)), 1),
         "ms_per_photo_p95": round(float(np.percentile(times, 95)), 1),
     }
-
-
-def grey_copy(photo: Image.Image) -> Image.Image:
-    """The photo as a black-and-white scan of it would arrive: grey, saved as JPEG."""
-    return as_jpeg(photo.convert("L").convert("RGB"))
 
 
 GREY_KEYS = (
@@ -473,14 +246,6 @@ def original_groups(crops: list[Image.Image], predictor: Any) -> np.ndarray:
     )
 
 
-def tight_photo(crop: Image.Image, keep: float, side: int) -> Image.Image:
-    """Only the middle ``keep`` of a UTKFace crop, at ``side`` px, as JPEG: a photo that is the
-    face alone (a portrait, or a face already cut out of a larger picture, as in age datasets)."""
-    margin = crop.width * (1 - keep) / 2
-    box = (margin, margin, crop.width - margin, crop.height - margin)
-    return as_jpeg(crop.resize((side, side), Image.Resampling.BICUBIC, box=box))
-
-
 def measure_tight(
     detector: FaceDetector,
     crops: list[Image.Image],
@@ -519,25 +284,38 @@ def measure_tight(
     }
 
 
-def measure_template(detector: FaceDetector, crops: list[Image.Image]) -> dict[str, Any]:
-    """Where BlazeFace's keypoints and box sit on UTKFace crops (200 px), on average.
+def measure_template(crops: list[Image.Image]) -> dict[str, Any]:
+    """Where BlazeFace's keypoints and box, MTCNN's box and dlib's 5 landmarks sit on UTKFace
+    crops (200 px), on average: ``agegroup.crops``' templates and ``agegroup.boxes``'
+    placements.
 
-    Each crop is pasted at 100 px, in the middle of BlazeFace's best range, on a plain canvas.
+    For the networks each crop is pasted at 100 px, in the middle of BlazeFace's best range, on
+    a plain canvas; for the landmarks at its own size, found by the default detector.
     """
-    from agegroup.blazeface import weighted_nms
+    from agegroup.blazeface import BlazeFace
+    from agegroup.boxes import weighted_nms
+    from agegroup.face_check import FaceCheck
+    from agegroup.faces import get_detector
+    from agegroup.mtcnn import Mtcnn
 
-    points, boxes, mtcnn_boxes = [], [], []
+    blazeface, mtcnn = BlazeFace(), Mtcnn(FaceCheck())
+    points, boxes, mtcnn_boxes, landmarks = [], [], [], []
     for crop in crops:
         canvas = Image.new("RGB", (256, 256), (90, 90, 90))
         canvas.paste(crop.resize((100, 100), Image.Resampling.BILINEAR), (78, 78))
-        hits = weighted_nms(detector._blaze(np.asarray(canvas), 0.5))  # noqa: SLF001
+        hits = weighted_nms(blazeface(np.asarray(canvas), 0.5))
         if len(hits.scores):
             best = int(np.argmax(hits.scores))
             points.append((hits.keypoints[best, :4] - 78) * 2)
             boxes.append((hits.boxes[best] - 78) * 2)
-        squares, _ = detector._mtcnn(canvas, 0.5, DETECT_PIXELS)  # noqa: SLF001 (best first)
+        squares, _ = mtcnn(canvas, 0.5, DETECT_PIXELS)  # best first
         if len(squares):
             mtcnn_boxes.append((squares[0] - 78) * 2)
+        whole = Image.new("RGB", (300, 300), (90, 90, 90))
+        whole.paste(crop.resize((200, 200)), (50, 50))
+        found = get_detector().detect(whole)
+        if found and found[0].landmarks is not None and len(found[0].landmarks) == 5:
+            landmarks.append(np.subtract(found[0].landmarks, 50))
 
     def placement(found: list[np.ndarray]) -> list[float]:
         b = np.array(found)
@@ -556,6 +334,8 @@ def measure_template(detector: FaceDetector, crops: list[Image.Image]) -> dict[s
         "box_in_crop": placement(boxes),
         "mtcnn_found": len(mtcnn_boxes),
         "mtcnn_box_in_crop": placement(mtcnn_boxes),
+        "landmarks_found": len(landmarks),
+        "landmark_template": np.round(np.mean(landmarks, axis=0), 1).tolist(),
     }
     print(json.dumps(report), flush=True)
     return report
@@ -700,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.template:
             crops, _ = load_crops(args.data, args.template, 0, test=False)
-            measure_template(make_detector("blazeface", "auto"), crops)
+            measure_template(crops)
             return 0
         crops, _ = load_crops(args.data, 400, 0)
         photos = face_photos(crops, args.photos, 10_000 + args.seed)

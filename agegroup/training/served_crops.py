@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agegroup.crops import CROP_SIZE, FaceBox, crop_face
+from agegroup.boxes import FaceBox
+from agegroup.crops import CROP_SIZE, crop_face
 from agegroup.faces import get_detector
 from agegroup.preprocess import RESAMPLE, to_model_input
 from agegroup.training import data as utk
