@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agegroup.buckets import BUCKETS
-from agegroup.images import FORMAT_NAMES
+from agegroup.image_formats import FORMAT_NAMES
 
 EXAMPLE_FACE = {
     "box": [412, 180, 236, 236],

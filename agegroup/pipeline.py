@@ -34,13 +34,8 @@ from PIL import Image
 from agegroup.analysis import Analysis, analyze
 from agegroup.config import Settings
 from agegroup.errors import AppError
-from agegroup.images import (
-    ANALYSIS_BYTES_PER_PIXEL,
-    DecodedImage,
-    MemoryBudget,
-    decode_upload,
-    shared_budget,
-)
+from agegroup.images import DecodedImage, decode_upload
+from agegroup.memory_budget import ANALYSIS_BYTES_PER_PIXEL, MemoryBudget, shared_budget
 from agegroup.pages import shaped_json
 
 if TYPE_CHECKING:

@@ -26,17 +26,11 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
 from agegroup.faces import FaceDetector
-from agegroup.images import (
-    ANALYSIS_BYTES_PER_PIXEL,
-    FORMAT_NAMES,
-    HEIC_MESSAGE,
-    MEDIA_TYPES,
-    DecodedImage,
-    decode_upload,
-    shared_budget,
-)
+from agegroup.image_formats import FORMAT_NAMES, HEIC_MESSAGE, MEDIA_TYPES
+from agegroup.images import DecodedImage, decode_upload
 from agegroup.limits import ClientLimits
 from agegroup.links import ResultLinks
+from agegroup.memory_budget import ANALYSIS_BYTES_PER_PIXEL, shared_budget
 from agegroup.openapi import openapi_spec
 from agegroup.pages import result_view, shaped_json
 from agegroup.predictor import Predictor

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -11,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup import images
+from agegroup import image_formats
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import CorruptImage, ServerBusy, UploadTooLarge
-from agegroup.factory import create_app
-from agegroup.images import MB, MemoryBudget, decode_upload, shared_budget
+from agegroup.images import decode_upload
+from agegroup.memory_budget import MB, MemoryBudget, shared_budget
 from testsupport.server import GunicornServer, render_env, settings_for
-from testsupport.uploads import image_bytes
+from testsupport.uploads import image_bytes, post
 from tools import stress
 
-needs_vips = pytest.mark.skipif(images.pyvips is None, reason="pyvips is not installed")
+needs_vips = pytest.mark.skipif(image_formats.pyvips is None, reason="pyvips is not installed")
 
 
 # --- the budget ---------------------------------------------------------------------------------
@@ -116,13 +115,12 @@ def test_a_truncated_big_png_is_still_corrupt() -> None:
 
 # --- over HTTP -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/api/predict", "/predict"])
-def test_a_busy_budget_answers_503_with_retry_after(settings, path: str) -> None:
-    busy = Settings(**{**settings.__dict__, "decode_budget_mb": 128, "decode_wait_s": 0.1})
-    client = create_app(busy).test_client()
+def test_a_busy_budget_answers_503_with_retry_after(client_with, path: str) -> None:
+    client = client_with(decode_budget_mb=128, decode_wait_s=0.1)
     body = stress.png_rgba(2100)
-    budget = shared_budget(busy.decode_budget_bytes, busy.decode_wait_s)
-    with budget.reserve(busy.decode_budget_bytes * 3 // 4):  # another large decode in flight
-        response = client.post(path, data={"image": (io.BytesIO(body), "big.png")})
+    budget = shared_budget(128 * MB, 0.1)
+    with budget.reserve(budget.largest):  # another large decode in flight
+        response = post(client, body, path, "big.png")
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
     text = response.get_data(as_text=True)
@@ -130,7 +128,7 @@ def test_a_busy_budget_answers_503_with_retry_after(settings, path: str) -> None
     if path == "/api/predict":
         assert response.get_json()["error"]["code"] == "busy"
     assert budget.used == 0
-    again = client.post(path, data={"image": (io.BytesIO(body), "big.png")})
+    again = post(client, body, path, "big.png")
     # The page answers with a redirect to its result (post/redirect/get), the API with 200.
     assert again.status_code == (200 if path == "/api/predict" else 303)
     assert budget.used == 0  # the hold ends with the response

@@ -13,7 +13,7 @@ from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.crops import whole_photo_as_face
 from agegroup.factory import create_app
-from agegroup.images import FORMAT_NAMES
+from agegroup.image_formats import FORMAT_NAMES
 from agegroup.predictor import predict_flip_averaged
 from agegroup.preprocess import to_model_input
 from testsupport.images import synthetic_faces
@@ -57,7 +57,7 @@ def test_index_has_an_upload_form_that_works_without_javascript(client):
 
 def test_the_form_tells_the_script_the_servers_own_limits(client, settings):
     """The browser checks type and size before uploading, with exactly the server's limits."""
-    from agegroup.images import ALLOWED_FORMATS
+    from agegroup.image_formats import ALLOWED_FORMATS
 
     html = client.get("/").get_data(as_text=True)
     assert f'data-max-bytes="{settings.max_upload_bytes}"' in html

@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 from agegroup.config import PROJECT_ROOT, Settings
-from agegroup.images import DecodeCost, MemoryBudget, _open, decode_cost
+from agegroup.image_formats import DecodeCost, decode_cost, open_image
+from agegroup.memory_budget import MemoryBudget
 from testsupport.memory import memory_mb, proc_status, reset_peaks
 from testsupport.server import GunicornServer, render_env, settings_for
 from testsupport.uploads import image_bytes, image_form
@@ -138,7 +139,7 @@ WORST: dict[str, Callable[[int], bytes]] = {
 
 def _cost(data: bytes, settings: Settings) -> DecodeCost:
     """What the server will estimate for this upload (its header read the same way)."""
-    image = _open(data)
+    image = open_image(data)
     if image.format == "JPEG":
         image._size_before_draft = image.size  # type: ignore[attr-defined]
         image.draft("RGB", (settings.work_size, settings.work_size))
@@ -184,16 +185,16 @@ def worst_files(settings: Settings, seed: int = 0) -> list[tuple[str, bytes, set
 # --- what one decode costs, in a fresh process ------------------------------------------------
 def _measure_here(decoder: str, sides: dict[str, int], work_size: int) -> dict[str, list[int]]:
     """``{kind: [peak RSS growth, estimate]}`` in bytes, decoding each kind in turn here."""
-    from agegroup import images
+    from agegroup import image_formats, images, memory_budget
 
     if decoder == "pillow":
-        images.pyvips = None
+        image_formats.pyvips = None
     settings = Settings(work_size=work_size)
     out = {}
     for name, side in sides.items():
         data = WORST[name](side)
         estimate = _cost(data, settings).bytes
-        images.release_memory()
+        memory_budget.release_memory()
         reset_peaks(os.getpid())  # VmHWM starts again from VmRSS
         before = proc_status(os.getpid())["VmRSS"]
         images.decode_upload(data, 10**9, work_size)
