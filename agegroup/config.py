@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The checkout, which holds model/, templates/ and static/. A copy of the package installed
+# with ``pip install .`` lies elsewhere and finds them through ``AGE_PROJECT_ROOT``.
+PROJECT_ROOT = Path(os.environ.get("AGE_PROJECT_ROOT") or Path(__file__).resolve().parent.parent)
 # UTKFace, for training, evaluation and the benchmarks (never the server): beside the checkout
 # in ``../shared/data/utkface`` unless ``AGE_UTKFACE_DIR`` names another folder.
 UTKFACE_DIR = Path(
