@@ -47,13 +47,13 @@ PHOTO_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".avif", ".gif", ".bmp", ".heic", ".heif"}
 )
 PARTIAL_SUFFIX = ".partial"
-# What --runtime fastai, --ray and Parquet need, and the extra that installs it.
+# What --runtime fastai, --ray and Parquet need, and how to install it.
 OPTIONAL_MODULES = {
-    "torch": "agegroup[fastai]",
-    "torchvision": "agegroup[fastai]",
-    "fastai": "agegroup[fastai]",
-    "ray": "agegroup[ray]",
-    "pyarrow": "agegroup[ray]",
+    "torch": "pip install -r requirements.txt",
+    "torchvision": "pip install -r requirements.txt",
+    "fastai": "pip install -r requirements.txt",
+    "ray": "pip install 'agegroup[ray]'",
+    "pyarrow": "pip install 'agegroup[ray]'",
 }
 EXIT_OK, EXIT_UNREAD, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"agegroup: {exc.name} is not installed: pip install '{extra}'", file=sys.stderr)
+        print(f"agegroup: {exc.name} is not installed: {extra}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

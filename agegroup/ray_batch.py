@@ -102,8 +102,10 @@ def ray_rows(
 
         yield from ready()
         if readable:
+            # Reads ask for no CPU: the actors hold every CPU, and reads that asked for some
+            # would wait for them forever.
             dataset = ray.data.read_binary_files(
-                list(names), include_paths=True, num_cpus=0.25
+                list(names), include_paths=True, num_cpus=0
             ).map_batches(
                 _Predictor,
                 fn_constructor_kwargs={"settings": replace(settings, torch_threads=1)},

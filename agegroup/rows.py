@@ -158,13 +158,9 @@ def _read_jsonl(handle: IO[str]) -> Iterator[Row]:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError as exc:
-        raise ValueError(
-            "Parquet output needs pyarrow: pip install 'agegroup[ray]' (or pyarrow)"
-        ) from exc
+    import pyarrow
+    import pyarrow.parquet
+
     return pyarrow
 
 
