@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The age model trained from scratch on a borrowed single GPU (H200 class, about ten minutes),
-# run ON that machine by the `device` tool. Not yet run on one: no session so far was lent a
-# GPU; tests/test_training.py::test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does
+# The age model trained from scratch on one GPU (H200 class, about ten minutes), run ON the GPU
+# machine from a copy of the repository. Not yet run on a GPU;
+# tests/test_training.py::test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does
 # runs its path (pack, then train from the pack with these options) small on the CPU.
-# Prepare here (the CPU machine), from the repository root:
+# Prepare on the CPU machine, from the repository root:
 #
 #   .venv/bin/python -m agegroup.training.pack --size 112 --quality 80 \
 #       --teacher runs/agev1/ages.npz --out gpu-pack           # ~52 MiB, train split only
@@ -15,21 +15,19 @@
 #   need python-fasthtml; this set trained here with fastai 2.8.12. .whl/ and gpu-pack/ are
 #   ignored by git.)
 #
-# What travels is limited to 64 MiB, tracked files included, and model/export.pkl and
-# export.onnx alone are ~100 MB: move them aside for the call (mv model/export.pkl
-# model/export.onnx /tmp/) and back afterwards. Then call the device tool with
-#   carry ["gpu-pack", ".whl"], timeout_s 600, command "bash recipes/gpu_h200.sh"
-# Files come back from $OUT (8 files of at most 16 MiB): the learner returns in parts;
-# join them here with `cat $FILES_AT/export.pkl.part* > runs/gpu/export.pkl`, then calibrate,
-# evaluate and export the ONNX twin on this machine as in recipes/resnet50_ages_96.sh.
+# Copy the working tree with gpu-pack/ and .whl/ to the GPU machine (without model/export.pkl
+# and export.onnx, ~100 MB, which training does not need) and run `bash recipes/gpu_h200.sh`
+# there. The learner is written to $OUT in parts of 15 MB; join them on the CPU machine with
+# `cat OUT/export.pkl.part* > runs/gpu/export.pkl`, then calibrate, evaluate and export the ONNX
+# twin there as in recipes/resnet50_ages_96.sh (docs/training.md#on-a-gpu).
 set -euo pipefail
 OUT=${OUT:-runs/gpu}
 EPOCHS=${EPOCHS:-40}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:.
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-# Ages 0-100 (label distributions), half the images corrupted, 30% framed like photos cut close
-# around the face (--tight: MODEL.md, session 8), age-v1's groups distilled, as
+# Ages 0-100 (label distributions), half the images corrupted, 30% framed as tight photos
+# (--tight: docs/training.md#the-training-command), age-v1's groups distilled, as
 # recipes/resnet50_ages_96.sh, but from scratch at 112 px with a large batch.
 timeout 480 python3 -m agegroup.training.train --device cuda --workers 14 --bs 256 \
     --size 112 --epochs "$EPOCHS" --lr 4e-3 --wd 0.05 --targets ages --degrade 0.5 --tight 0.3 \

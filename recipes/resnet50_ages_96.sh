@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The shipped model (13 epochs: EPOCHS=13), from the 64 px group model that
+# The age model 2026.11.29 (13 epochs: EPOCHS=13), from the 64 px group model that
 # recipes/resnet50_groups_64.sh makes (runs/r50_c2_64/export.pkl; the one that started the
-# shipped run is commit d2a84be's model/export.pkl: `git show d2a84be:model/export.pkl >
+# run is commit d2a84be's model/export.pkl: `git show d2a84be:model/export.pkl >
 # runs/r50_c2_64/export.pkl`), on 2 CPU cores: 10-14 min per epoch at 96 px with one thread.
+# It is the start of recipes/resnet50_ages_96_kd_mnv2.sh (docs/training.md#the-recipes).
 # Each stage resumes or is skipped if its output exists; run from the repository root:
 #     EPOCHS=13 bash recipes/resnet50_ages_96.sh
 # The result is $RUN/export.pkl, its export.calibration.json and metrics.json (clean and degraded).
@@ -15,7 +16,7 @@ INIT=${INIT:-runs/r50_c2_64/export.pkl}
 # instead of 3.5 s, measured): one thread is the robust choice there.
 THREADS=${THREADS:-1}
 # BF16=0 on CPUs without AMX / avx512_bf16 (`lscpu | grep -o 'amx[a-z_]*\|avx512_bf16'` prints
-# nothing): there bf16 autocast ran ten times slower than float32 (session 6, AMD EPYC).
+# nothing): there bf16 autocast ran ten times slower than float32 (docs/training.md).
 BF16=${BF16:-1}
 NO_BF16=""; [ "$BF16" = 0 ] && NO_BF16="--no-bf16"
 

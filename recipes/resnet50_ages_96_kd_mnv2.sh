@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Lever 4 of issue 11: the shipped age model distilling the ImageNet MobileNetV2 age teacher
-# (model/MODEL.md, "Session 7": an equal mix of the two scored 60.6% balanced accuracy on the
-# clean test, against 59.0% for the shipped model alone). One thread, float32 on CPUs without
+# The age model distilling the ImageNet MobileNetV2 age teacher (an equal mix of the two scored
+# 60.6% balanced accuracy on the clean test, against 59.0% for the age model alone:
+# docs/experiments.md, 2026-11-29). One thread, float32 on CPUs without
 # AMX (BF16=0); each epoch is its own one-cycle and a checkpoint, so the run resumes:
 #     BF16=0 EPOCHS=4 bash recipes/resnet50_ages_96_kd_mnv2.sh
 # About 30-50 min an epoch at 96 px on one AVX2 core; the teacher itself, about 1.5 hours.
-# With the framing lever too (MODEL.md, session 8), into its own run folder:
+# With 30% of the faces framed as tight photos too (--tight), into its own run folder:
 #     BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/r50_age96_kd_mnv2_tight bash recipes/resnet50_ages_96_kd_mnv2.sh
-# That run is the model served since session 10. It started from the age model served before
-# it; model/export.pkl is now its own result, so to train it again start from the old file:
-#     git show 493bfc8:model/export.pkl > runs/age96_session5.pkl
-#     INIT=runs/age96_session5.pkl BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/again bash recipes/resnet50_ages_96_kd_mnv2.sh
+# That run is the served model 2026.11.30. It started from the age model 2026.11.29;
+# model/export.pkl is now its own result, so to train it again start from the old file:
+#     git show 493bfc8:model/export.pkl > runs/age96_2026.11.29.pkl
+#     INIT=runs/age96_2026.11.29.pkl BF16=0 EPOCHS=4 TIGHT=0.3 RUN=runs/again bash recipes/resnet50_ages_96_kd_mnv2.sh
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/r50_age96_kd_mnv2}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lever 3 of issue 11, measured: the shipped age model fine-tuned for EPOCHS more epochs with
+# Training on the app's own crops, measured and not shipped (docs/experiments.md, 2026-11-29):
+# the served age model fine-tuned for EPOCHS more epochs with
 # half of its training images replaced by the crops the app itself makes of them (pasted into a
 # photo, found by BlazeFace, aligned by dlib's landmarks: agegroup/training/served_crops.py),
 # and the same fine-tune without them (the control), both evaluated on the clean, degraded and

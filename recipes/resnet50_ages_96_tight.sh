@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Photos of the face alone (a portrait, or a face already cut out, as the aligned faces of age
-# datasets are): the app's crop of such a face reaches past the photo, where it repeats the
-# photo's edges (agegroup.faces.region_with_edges). This fine-tunes the shipped age model for
-# EPOCHS more epochs with a share of its training images framed that way (--tight,
-# agegroup.training.degrade.tight_framing), otherwise exactly as session 6's control
-# (runs/r50_age96_control: lr 2e-4, age-v1 distilled at 0.3), and evaluates it on the four test
-# sets and the shipped model on the tight one. Run from the repository root:
+# Tight photos (the face alone, as the aligned faces of age datasets are): the app's crop of
+# such a face reaches past the photo, where it repeats the photo's edges
+# (agegroup.crops.region_with_edges; docs/detection.md#tight-photos). This fine-tunes the served
+# age model for EPOCHS more epochs with a share of its training images framed that way (--tight,
+# agegroup.training.degrade.tight_framing), otherwise exactly as the control run of
+# recipes/resnet50_ages_96_served.sh (lr 2e-4, age-v1 distilled at 0.3), and evaluates it on the
+# four test sets and the served model on the tight one. Measured and not shipped alone
+# (docs/experiments.md, 2026-11-29). Run from the repository root:
 #     BF16=0 EPOCHS=1 bash recipes/resnet50_ages_96_tight.sh
 # About 35 min an epoch at 96 px on one AVX2 core (BF16=0: CPUs without AMX).
 set -euo pipefail

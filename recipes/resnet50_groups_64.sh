@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 64 px group model (seven groups; served until session 5, now the start of
+# The 64 px group model (seven groups; served on 2026-11-29 until the age model, now the start of
 # recipes/resnet50_ages_96.sh), trained from scratch in three
 # stages: 16 epochs at 64 px, 5 at 96 px from those weights (progressive resizing), then 20
 # more at 64 px from the 96 px weights (a warm restart); then its calibration file and its test
