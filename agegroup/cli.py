@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from agegroup.config import Settings
+from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.rows import (
     FORMATS,
     ParquetRows,
@@ -270,10 +270,8 @@ class Tally:
 
     def summary(self, where: str) -> str:
         unread = sum(self.errors.values())
-        text = (
-            f"{self.photos - unread} of {self.photos} photos read, {self.faces} faces found"
-            f"; {where}."
-        )
+        faces = f"{self.faces} face{'' if self.faces == 1 else 's'}"
+        text = f"{self.photos - unread} of {self.photos} photos read, {faces} found; {where}."
         if unread:
             codes = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
             text += f" {unread} could not be read ({codes}): see error_code and error_message."
@@ -364,10 +362,11 @@ def _progress(total: int, done: int) -> Any:
 
 def predict_to_stdout(args: argparse.Namespace, paths: list[str], stdout: IO[str]) -> int:
     tally = Tally()
-    stdout.write(csv_lines([]))
     with _progress(len(paths), 0) as bar:
         for _, rows in _rows_source(args, paths, _settings(args)):
-            stdout.write(csv_lines(tally.count(rows), header=False))
+            # The header comes with the first rows: nothing is written if the model is missing.
+            first = tally.photos == 0
+            stdout.write(csv_lines(tally.count(rows), header=first))
             stdout.flush()
             bar.update()
     print(tally.summary("rows on stdout"), file=sys.stderr)
@@ -438,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ModelUnavailable as exc:
         print(f"agegroup: no model: {exc.message}", file=sys.stderr)
+        if not (PROJECT_ROOT / "model").is_dir():
+            print(
+                f"agegroup: there is no model folder in {PROJECT_ROOT}: an installed copy of "
+                "the package finds the checkout's through AGE_PROJECT_ROOT.",
+                file=sys.stderr,
+            )
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
         extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
