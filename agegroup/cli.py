@@ -390,7 +390,7 @@ def predict_to_file(args: argparse.Namespace, paths: list[str]) -> int:
     todo = [path for path in paths if path not in journal.offsets]
     try:
         with _progress(len(paths), len(paths) - len(todo)) as bar:
-            for path, rows in _rows_source(args, todo, _settings(args)):
+            for path, rows in _rows_source(args, todo, _settings(args)) if todo else ():
                 journal.add(path, rows)
                 bar.update()
     except BaseException as exc:
