@@ -28,7 +28,7 @@ from typing import Any
 
 from flask import Flask, request
 from flask_limiter import Limiter, RateLimitExceeded
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 
 from agegroup.config import Settings
 from agegroup.errors import RateLimited, TooManyInFlight
@@ -57,6 +57,14 @@ def client_key() -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def describe(limit: RateLimitItem) -> str:
+    """'30 per minute', '3 per 10 seconds'."""
+    unit = limit.GRANULARITY.name
+    if limit.multiples == 1:
+        return f"{limit.amount} per {unit}"
+    return f"{limit.amount} per {limit.multiples} {unit}s"
 
 
 def check_rate_limit(text: str) -> None:
@@ -162,7 +170,8 @@ class ClientLimits:
         wait = max(1, math.ceil(reset_at - time.time()))
         return RateLimited(
             f"You have sent more photos than this site takes from one address "
-            f"({exc.limit.limit}). Please try again in {wait} second{'s' if wait != 1 else ''}.",
+            f"({describe(exc.limit.limit)}). Please try again in {wait} second"
+            f"{'s' if wait != 1 else ''}.",
             wait,
         )
 

@@ -52,7 +52,7 @@ def test_past_the_rate_the_api_gets_429_with_retry_after_and_the_json_error(
     assert set(body) == {"error"} and body["error"]["code"] == "rate_limited"
     wait = retry_after(refused)
     assert f"Please try again in {wait} second" in body["error"]["message"]
-    assert "3 per 1 minute" in body["error"]["message"]
+    assert "(3 per minute)" in body["error"]["message"]
     # Pages that predict nothing are not limited.
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200
