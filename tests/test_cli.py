@@ -24,20 +24,12 @@ from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.factory import create_app
 from agegroup.rows import COLUMNS, face_rows, read_rows
 from testsupport.batch import photo_folder
+from testsupport.batch import predict_command as command
+from testsupport.batch import run_command as run
 from testsupport.uploads import post
 
 PHOTOS = 18  # and two unreadable files: 20 in all
 ONE_THREAD = {"AGE_TORCH_THREADS": "1"}
-
-
-def command(*args: object) -> list[str]:
-    return [sys.executable, "-m", "agegroup", "predict", *(str(a) for a in args)]
-
-
-def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT):
-    return subprocess.run(
-        args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
-    )
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,9 @@ unreadable files are a text file named like a photo and a JPEG cut short.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
@@ -64,3 +67,17 @@ def photo_folder(folder: Path, photos: int, unreadable: bool = True) -> list[Pat
     for name, data in files:
         (folder / name).write_bytes(data)
     return sorted(folder / name for name, _ in files)
+
+
+def predict_command(*args: object) -> list[str]:
+    """``agegroup predict ARGS...`` as a user runs it, with this Python."""
+    return [sys.executable, "-m", "agegroup", "predict", *(str(a) for a in args)]
+
+
+def run_command(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end with ``env`` added to this environment; output as text."""
+    return subprocess.run(
+        args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
