@@ -262,13 +262,23 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def tracebacks(log: str, most: int = 3) -> list[str]:
+    """The first ``most`` tracebacks in a server log, each up to its exception's line."""
+    found = []
+    for block in log.split("Traceback (most recent call last):")[1 : most + 1]:
+        lines = block.splitlines()
+        end = next((i for i, line in enumerate(lines[1:], 1) if not line.startswith(" ")), 0)
+        found.append("\n".join(lines[: end + 1]))
+    return found
+
+
 def serve_and_run(
     env: dict[str, str], model: Path, phases: list[str], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[str]]:
     with tempfile.TemporaryDirectory(prefix="abuse-") as scratch:
         with GunicornServer(model, Path(scratch) / "gunicorn.log", env) as server:
             report = run_phases(server, phases, args.seconds, args.every, args.seed)
-            return report, server.log_errors()
+            return report, tracebacks(server.log_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         off = {**env, "AGE_RATE_LIMIT": "off"}
         report["limits_off"], more = serve_and_run(off, model, ["parallel"], args)
         errors += more
-    report["server_log_errors"] = errors
+    report["server_tracebacks"] = errors
     report["failures"] = failures(report, args.max_peak_mb)
+    report["failures"] += [f"a traceback in the server's log: {t[-200:]}" for t in errors]
     text = json.dumps(report, indent=2)
     print(text)
     print(markdown(report))
