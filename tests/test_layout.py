@@ -116,6 +116,8 @@ def test_every_docs_section_the_code_names_exists() -> None:
     sources = _in_the_tree((".py", ".sh", ".yaml", ".html", ".js", ".toml", ".txt"))
     for source in sources:
         for path, anchor in re.findall(r"\b(docs/[\w-]+\.md)(?:#([\w-]+))?", source.read_text()):
-            where = f"{source.relative_to(PROJECT_ROOT)} -> {path}#{anchor}"
+            where = f"{source.relative_to(PROJECT_ROOT)} -> {path}" + (
+                f"#{anchor}" if anchor else ""
+            )
             broken += _broken(PROJECT_ROOT / path, anchor, where)
     assert broken == [], "\n".join(broken)
