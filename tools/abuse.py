@@ -1,7 +1,7 @@
 """One abusive client against the deployed configuration: do the other visitors still get quick
 answers, and does the server stay within its memory?
 
-    .venv/bin/python -m tools.abuse [--seconds 35] [--every 7] [--compare-off] [--out FILE]
+    .venv/bin/python -m tools.abuse [--seconds 35] [--every 7] [--compare-off] [--compare-404]
 
 The server starts as on Render: render.yaml's startCommand (the Procfile's, through
 ``testsupport.server``'s launcher) with render.yaml's environment, its per-client limits
@@ -23,7 +23,9 @@ The abuser runs in a process of its own, so that its threads do not slow the mea
 Reported per phase: the well-behaved clients' p50/p95 and statuses, the abuser's statuses and
 predictions per second, 5xx and dropped connections, and the server's peak RSS (VmHWM of all its
 processes, reset at the start of each phase). ``--compare-off`` runs the ``parallel`` phase
-again on a server with ``AGE_RATE_LIMIT=off``: what the limits buy. Exit
+again on a server with ``AGE_RATE_LIMIT=off``: what the limits buy; ``--compare-404`` adds a
+phase in which the 8 connections post the same photos to an address with no route: what
+answering any request costs, refused or not. Exit
 status 1 when, with the limits on, the well-behaved p95 under abuse is over twice its p95
 alone, the abuser gets no 429, a well-behaved request is refused, anything gets a 5xx or is
 dropped, or the peak RSS is over ``--max-peak-mb``.
@@ -54,18 +56,32 @@ from tools.bench import percentile
 from tools.soak import valid_photos
 
 WELL_BEHAVED = ("203.0.113.11", "203.0.113.12", "203.0.113.13")
-# One abusive address per phase, so that each phase starts with a fresh budget.
-ABUSERS = {"sequential": ("198.51.100.1", 1), "parallel": ("198.51.100.2", 8)}
+PREDICT = "/api/predict"
+# One abusive address per phase, so that each phase starts with a fresh budget: its
+# connections and what it posts to. "flood_404" (--compare-404) posts the same photos to an
+# address with no route: what answering any request costs, whatever the limits.
+ABUSERS = {
+    "sequential": ("198.51.100.1", 1, PREDICT),
+    "parallel": ("198.51.100.2", 8, PREDICT),
+    "flood_404": ("198.51.100.3", 8, "/api/nowhere"),
+}
+CHECKED = ("sequential", "parallel")
 DROPPED = 0  # the status recorded for a connection that failed without an answer
 
 
-def post(port: int, address: str, body: bytes, conn: http.client.HTTPConnection | None) -> int:
-    """One prediction from ``address`` (on ``conn`` if given, else a connection of its own)."""
+def post(
+    port: int,
+    address: str,
+    body: bytes,
+    conn: http.client.HTTPConnection | None,
+    path: str = PREDICT,
+) -> int:
+    """One upload from ``address`` (on ``conn`` if given, else a connection of its own)."""
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Content-Type": MULTIPART, "X-Forwarded-For": address}
     try:
-        conn.request("POST", "/api/predict", body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
         return response.status
@@ -81,6 +97,7 @@ def abuse(
     port: int,
     address: str,
     connections: int,
+    path: str,
     start: float,
     stop: float,
     bodies: list[bytes],
@@ -96,7 +113,7 @@ def abuse(
         mine: Counter[int] = Counter()
         sent = index
         while time.time() < stop:
-            mine[post(port, address, bodies[sent % len(bodies)], conn)] += 1
+            mine[post(port, address, bodies[sent % len(bodies)], conn, path)] += 1
             sent += 1
         conn.close()
         with lock:
@@ -185,8 +202,8 @@ def run_phases(
         abuser = None
         results = spawn.Queue()
         if phase in ABUSERS:
-            address, connections = ABUSERS[phase]
-            args = (server.port, address, connections, start, end, bodies, results)
+            address, connections, path = ABUSERS[phase]
+            args = (server.port, address, connections, path, start, end, bodies, results)
             abuser = spawn.Process(target=abuse, args=args)
             abuser.start()
         time.sleep(max(0.0, start - time.time()))
@@ -230,7 +247,7 @@ def failures(report: dict[str, Any], max_peak_mb: float, max_ratio: float = 2.0)
         wb = phase["well_behaved"]
         if set(wb["statuses"]) != {"200"}:
             found.append(f"{name}: a well-behaved client got {wb['statuses']}")
-        if name in ABUSERS:
+        if name in CHECKED:
             if wb["p95_ms"] is None or wb["p95_ms"] > max_ratio * alone:
                 found.append(f"{name}: well-behaved p95 {wb['p95_ms']} ms > {max_ratio} x {alone}")
             if not phase["abuser"].get("429"):
@@ -286,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=35, help="length of each phase")
     parser.add_argument("--every", type=float, default=7, help="a well-behaved client's pace")
     parser.add_argument("--compare-off", action="store_true", help="also run without limits")
+    parser.add_argument("--compare-404", action="store_true", help="also flood a missing page")
     parser.add_argument("--model", type=Path, default=Settings().model_path)
     parser.add_argument("--max-peak-mb", type=float, default=450)
     parser.add_argument("--seed", type=int, default=0)
@@ -296,9 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"render_env": env, "seconds": args.seconds, "every": args.every}
     report["cpu_count"] = os.cpu_count()
     report["load_average_before"] = os.getloadavg()
-    report["limits_on"], errors = serve_and_run(
-        env, model, ["alone", "sequential", "parallel"], args
-    )
+    phases = ["alone", "sequential", "parallel"] + (["flood_404"] if args.compare_404 else [])
+    report["limits_on"], errors = serve_and_run(env, model, phases, args)
     if args.compare_off:
         off = {**env, "AGE_RATE_LIMIT": "off"}
         report["limits_off"], more = serve_and_run(off, model, ["parallel"], args)
