@@ -477,5 +477,7 @@
     if (!event.persisted || !form) return;
     setBusy(form, false);
   });
+  // What static/batch.js (several photos at once) shares with this script.
+  window.ageGroupPage = { prepare: prepare, typeProblem: typeProblem, sizeProblem: sizeProblem, show: show };
   init();
 })();
