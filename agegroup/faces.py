@@ -10,8 +10,8 @@ whole photo and may add other detectors' faces that the search missed:
 
 With a network, a colourless photo (grey, sepia) is searched by HOG too (``agegroup.hog``), the
 faces the network is unsure of are checked by ONet (``agegroup.face_check``), and a photo where
-no face is found is searched again framed as a tight photo: the face alone, its outline cut
-off (``search_tight``). All boxes are framed alike (``agegroup.boxes``) and aligned by dlib's
+no face is found is searched again framed as a tight photo, the face alone with its outline
+cut off (``search_tight``). All boxes are framed alike (``agegroup.boxes``) and aligned by dlib's
 landmarks (``agegroup.landmarks``), or by BlazeFace's keypoints when that model is not
 installed. ``python -m tools.detection_bench`` measures recall, false faces, time and accuracy
 for every kind; ``python -m tools.bench --stages`` the time of each step (``FaceDetector.stages``).
@@ -193,8 +193,8 @@ class FaceDetector:
         """The faces found when the photo is searched again framed as a tight photo
         (``tight_frame``: in the middle of a square, its edges repeated around it).
 
-        A photo of the face alone shows no outline of the head, and the detectors often miss
-        it; framed so, they find many of those faces. The boxes are in ``rgb``'s pixels and
+        A tight photo shows no outline of the head, and the detectors often miss its face;
+        framed so, they find many of those faces. The boxes are in ``rgb``'s pixels and
         may reach past it; ``crop_face`` repeats its edges there, as the framing did.
         """
         if max(rgb.size) > TIGHT_MAX_ASPECT * min(rgb.size):

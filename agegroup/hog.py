@@ -21,8 +21,8 @@ from agegroup.preprocess import RESAMPLE
 
 # A small photo is enlarged at most this much: more only invents faces of a few pixels.
 MAX_UPSCALE = 4.0
-# Boxes under MIN_FACE_PX found in enlarged photos are often clutter, so they need this score
-# (real faces of 24 px scored 0.4-1.1 on test photos, clutter 0.0-0.2).
+# Boxes under MIN_FACE_PX found in enlarged photos are often clutter: they need this score.
+# docs/detection.md#grey-and-sepia-photos
 SMALL_FACE_MIN_SCORE = 0.3
 # A photo is colourless when every channel of a copy shrunk to about COLOUR_PROBE_SIDE px is a
 # straight-line function of its brightness within COLOURLESS_RESIDUAL levels (root mean square,

@@ -113,8 +113,8 @@ def test_photo_without_a_face_has_no_box() -> None:
 
 
 def test_search_levels_end_for_every_photo_size() -> None:
-    # A long side whose ``side * (96 / side)`` rounds above 96 (311, 341, ... : 5% of sides)
-    # once made the pyramid loop forever, filling memory until the process was killed.
+    # For about 5% of long sides (311, 341, ...) ``side * (COARSEST_SIDE / side)`` rounds above
+    # COARSEST_SIDE: the pyramid must still end, for every side.
     detector = get_detector()
 
     def hung(*_: object) -> None:
@@ -306,14 +306,14 @@ def test_aligned_crop_past_the_edge_repeats_the_photo_edge(grace_crop: Image.Ima
     assert np.abs(crop[:90, :90] - corner).max() <= 3 and crop[110:, 110:].mean() > 20
 
 
-def test_a_photo_of_the_face_alone_is_found_and_its_crop_has_no_black_border(
+def test_a_tight_photo_is_found_and_its_crop_has_no_black_border(
     grace_crop: Image.Image,
 ) -> None:
     photo = tight_photo(grace_crop, 0.6, 300)  # the middle 60% of a UTKFace-like crop
     [box] = get_detector().detect(photo)
     assert box.x < 0 and box.y < 0 and box.landmarks is not None  # the face reaches past it
     crop = np.asarray(crop_face(photo, box)).astype(int)
-    # Past the photo the crop repeats its edges; it used to be black there (mean 0).
+    # Past the photo the crop repeats its edges rather than black (mean 0).
     assert min(band.mean() for band in (crop[:5], crop[-5:], crop[:, :5], crop[:, -5:])) > 60
 
 
@@ -552,10 +552,10 @@ def test_same_place_is_a_centre_inside_the_other_box() -> None:
     assert same_place(boxes, others[:0]).shape == (2, 0)
 
 
-def test_a_face_cut_close_is_found_when_framed_as_a_portrait(client, grace: Image.Image) -> None:
+def test_a_tight_photo_is_found_when_searched_framed_as_one(client, grace: Image.Image) -> None:
     """Grace Hopper's face cut to its middle half (no outline of the head) is missed by the
-    search of the photo as it is, and found when the photo is searched again framed as a face
-    that fills it; the box reaches past the photo and comes back clipped to it."""
+    search of the photo as it is, and found when the photo is searched again framed as a tight
+    photo (a face that fills it); the box reaches past the photo and comes back clipped to it."""
     x, y, w, h = GRACE_FACE
     cx, cy, half = x + w / 2, y + h / 2, max(w, h) / 4
     photo = grace.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
@@ -681,20 +681,18 @@ def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
     assert result["grey"]["false_faces_per_100_faceless"] == 0
     assert "whole photo grey" in detection_bench.markdown(report)
     assert report["accuracy"]["blazeface"]["faces"] == 3
-    # Photos of the face alone (as age datasets cut them): found, and answered, through the app.
+    # Tight photos (as age datasets cut them): found, and answered, through the app.
     tight = report["accuracy"]["blazeface"]["tight"]
     assert tight["faces"] == 3 and set(tight["accuracy_by_keep"]) == {"0.5", "0.6", "0.7"}
-    assert tight["found"] is not None and "photos of the face alone" in detection_bench.markdown(
-        report
-    )
+    assert tight["found"] is not None and "tight photos" in detection_bench.markdown(report)
 
 
 @pytest.mark.parametrize("keep", [0.6, 0.7])
 def test_landmarks_of_a_face_that_fills_the_photo_are_not_squeezed(
     grace_crop: Image.Image, keep: float
 ) -> None:
-    """The eyes are as far apart, as a share of the face's crop, as in the whole crop (the
-    landmark region used to stop at the photo's edge, and they came out 8-12% closer)."""
+    """The eyes are as far apart, as a share of the face's crop, as in the whole crop: the
+    landmarks are read in a region that repeats the photo's edges, not one cut off at them."""
 
     def eye_distance(box: FaceBox) -> float:
         left, right, _ = eyes_and_nose(box)

@@ -181,7 +181,8 @@ def test_jpeg_with_a_zip_appended_decodes_as_the_jpeg() -> None:
 
 
 def test_big_rgba_png_peak_memory_stays_near_one_copy() -> None:
-    """Converting before shrinking held four full-size RGBA copies at once (OOM on 512 MB)."""
+    """A huge RGBA PNG is shrunk before it is converted, so the decode holds about one
+    full-size copy of its pixels, not several."""
     script = textwrap.dedent(
         """
         import resource, struct, zlib

@@ -259,7 +259,8 @@ def grey_copy(photo: Image.Image) -> Image.Image:
 
 def tight_photo(crop: Image.Image, keep: float, side: int) -> Image.Image:
     """Only the middle ``keep`` of a UTKFace crop, at ``side`` px, as JPEG: a photo that is the
-    face alone (a portrait, or a face already cut out of a larger picture, as in age datasets)."""
+    face alone, its outline cut off: a tight photo, as age datasets cut faces out of larger
+    pictures."""
     margin = crop.width * (1 - keep) / 2
     box = (margin, margin, crop.width - margin, crop.height - margin)
     return as_jpeg(crop.resize((side, side), Image.Resampling.BICUBIC, box=box))

@@ -1,6 +1,6 @@
 """Benchmark the server the way it is deployed: memory, cold start, latency, throughput.
 
-    python -m tools.bench                       # the lean (ONNX) runtime on model/export.onnx
+    python -m tools.bench                       # the ONNX runtime on model/export.onnx
     python -m tools.bench --runtime fastai      # the reference runtime, for comparison
 
 Starts gunicorn with the ``Procfile``'s own command on a loopback port
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     served = lean_model_path(settings) if args.runtime == "onnx" else settings.model_path
     if not served.is_file():
-        raise FileNotFoundError(f"{served} does not exist (see README: model files)")
+        raise FileNotFoundError(f"{served} does not exist (see model/MODEL.md)")
     crops = spread_test_crops(40, args.data)
     photos = photo_sets(crops, variants=args.variants)
     env = {
@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The README table: one line per measurement."""
+    """The results as a markdown table: one line per measurement."""
     config, m = result["config"], result["machine"]
     one, five = result["latency_one_face"], result["latency_five_faces"]
     rows = [

@@ -254,7 +254,7 @@ def measure_tight(
     predictor: Any,
     seed: int,
 ) -> dict[str, Any]:
-    """The model on photos that are the face alone (``tight_photo``), against the original crops
+    """The model on tight photos (``tight_photo``), against the original crops
     (``direct``, as in ``measure_accuracy``).
 
     Their aligned crop reaches past the photo on every side; the user sees the first answer
@@ -365,7 +365,7 @@ def _share(value: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README's side-by-side table."""
+    """The detectors' results side by side, as a markdown table."""
     names = list(report["detection"])
     rows = [("faces on the photos with faces", lambda d: f"{d['faces']}")]
     rows += [
@@ -430,7 +430,7 @@ def markdown(report: dict[str, Any]) -> str:
                 ),
             ),
             (
-                f"photos of the face alone ({any_acc['tight']['faces']}): accuracy, all / "
+                f"tight photos ({any_acc['tight']['faces']}): accuracy, all / "
                 f"middle {' / '.join(f'{k:.0%}' for k in TIGHT_KEEP)} kept",
                 lambda a: (
                     f"{a['tight']['accuracy_tight_photos']:.1%} / "
@@ -439,7 +439,7 @@ def markdown(report: dict[str, Any]) -> str:
                     )
                 ),
             ),
-            ("photos of the face alone: face found", lambda a: f"{a['tight']['found']:.1%}"),
+            ("tight photos: face found", lambda a: f"{a['tight']['found']:.1%}"),
         ]
         lines += [line(label, cell, accuracy) for label, cell in rows]
     return "\n".join(lines)
