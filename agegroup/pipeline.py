@@ -35,6 +35,7 @@ from agegroup.analysis import Analysis, analyze
 from agegroup.config import Settings
 from agegroup.errors import AppError
 from agegroup.images import DecodedImage, decode_upload
+from agegroup.loaders import load_detector, load_predictor
 from agegroup.memory_budget import ANALYSIS_BYTES_PER_PIXEL, MemoryBudget, shared_budget
 from agegroup.pages import shaped_json
 
@@ -81,10 +82,6 @@ class AgeGroupDetector:
         if model_path is not None:
             path = Path(model_path)
             settings = replace(settings, model_path=path, model_dir=path.resolve().parent)
-        # The loaders live with the app factory; imported here so that Flask is not loaded with
-        # this module's import but only when a model is.
-        from agegroup.factory import load_detector, load_predictor
-
         self.settings = settings
         self.predictor: Predictor = predictor or load_predictor(settings)
         self.detector: FaceDetector = detector or load_detector(settings)
