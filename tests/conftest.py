@@ -29,11 +29,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lean_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with the tiny learner and its ONNX twin."""
+def onnx_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny learner and its ONNX model."""
     from agegroup.training.onnx_export import export_onnx
 
-    folder = tmp_path_factory.mktemp("lean")
+    folder = tmp_path_factory.mktemp("onnx")
     shutil.copy(model_dir / "export.pkl", folder / "export.pkl")
     export_onnx(folder / "export.pkl")
     return folder

@@ -17,7 +17,7 @@ from agegroup.config import Settings
 from agegroup.factory import create_app
 from testsupport.images import synthetic_faces
 from testsupport.server import GunicornServer
-from testsupport.uploads import image_bytes, image_form
+from testsupport.uploads import image_bytes, image_form, post
 
 
 def photo() -> bytes:
@@ -62,11 +62,11 @@ def test_a_bad_model_still_starts_and_says_so(model_dir, tmp_path, caplog, kind:
     index = client.get("/")
     assert index.status_code == 200 and 'id="no-model"' in index.get_data(as_text=True)
 
-    page = client.post("/predict", data={"image": (photo(), "a.jpg")})
+    page = post(client, photo(), "/predict", "a.jpg")
     assert page.status_code == 503 and 'data-code="model_unavailable"' in page.get_data(
         as_text=True
     )
-    api = client.post("/api/predict", data={"image": (photo(), "a.jpg")})
+    api = post(client, photo(), "/api/predict", "a.jpg")
     assert api.status_code == 503
 
     for response in (health, index, page, api):
@@ -101,9 +101,33 @@ def test_a_model_outside_the_configured_folder_is_refused(model_dir, tmp_path, c
     assert "outside" in health.get_json()["error"]["message"]
 
 
-def test_the_same_model_inside_the_folder_loads(model_dir) -> None:
-    app = create_app(Settings(model_path=model_dir / "export.pkl", model_dir=model_dir))
-    assert app.test_client().get("/healthz").status_code == 200
+def inside_cases(model_dir: Path, tmp_path: Path) -> dict[str, Path]:
+    """The outside cases' shapes, each ending at a model inside the folder."""
+    allowed = tmp_path / "models"
+    (allowed / "sub").mkdir(parents=True)
+    shutil.copy(model_dir / "export.pkl", allowed / "sub" / "export.pkl")
+    (allowed / "link.pkl").symlink_to(allowed / "sub" / "export.pkl")
+    return {
+        "absolute path inside": allowed / "sub" / "export.pkl",
+        "dot-dot path staying inside": allowed / "sub" / ".." / "sub" / "export.pkl",
+        "symlink inside pointing inside": allowed / "link.pkl",
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["absolute path inside", "dot-dot path staying inside", "symlink inside pointing inside"],
+)
+def test_the_same_model_inside_the_folder_loads_and_answers(model_dir, tmp_path, case) -> None:
+    path = inside_cases(model_dir, tmp_path)[case]
+    client = create_app(Settings(model_path=path, model_dir=tmp_path / "models")).test_client()
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.get_json()["model"] == {"name": "tiny-test-model", "version": "0.0.1"}
+    answer = post(client, photo())
+    assert answer.status_code == 200
+    assert answer.get_json()["model"]["name"] == "tiny-test-model"
+    assert answer.get_json()["faces"][0]["probabilities"]
 
 
 # --- real gunicorn ------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_render_yaml_env_is_what_the_stress_run_uses() -> None:
 
 # --- the short stress run -------------------------------------------------------------------
 @pytest.mark.skipif(
-    not (PROJECT_ROOT / "model" / "export.onnx").is_file(), reason="no ONNX twin of the model"
+    not (PROJECT_ROOT / "model" / "export.onnx").is_file(), reason="no ONNX model committed"
 )
 def test_short_stress_in_the_deployed_configuration(tmp_path) -> None:
     """The server as render.yaml starts it, 8 clients at once sending the worst files."""

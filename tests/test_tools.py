@@ -74,11 +74,11 @@ def test_percentiles_interpolate_between_samples() -> None:
 
 
 @pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
-def test_bench_runs_end_to_end_without_errors(lean_dir, tmp_path) -> None:
+def test_bench_runs_end_to_end_without_errors(onnx_dir, tmp_path) -> None:
     from tools.bench import main as bench
 
     out = tmp_path / "bench.json"
-    argv = ["--model", str(lean_dir / "export.pkl"), "--requests", "2", "--total", "6"]
+    argv = ["--model", str(onnx_dir / "export.pkl"), "--requests", "2", "--total", "6"]
     argv += ["--throughput-requests", "1", "--variants", "2", "--forward-repeats", "1"]
     assert bench(argv + ["--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -87,11 +87,11 @@ def test_bench_runs_end_to_end_without_errors(lean_dir, tmp_path) -> None:
 
 
 @pytest.mark.skipif(not HAS_UTKFACE, reason="UTKFace is not beside the checkout")
-def test_bench_stages_time_each_step_of_a_request(lean_dir, tmp_path) -> None:
+def test_bench_stages_time_each_step_of_a_request(onnx_dir, tmp_path) -> None:
     from tools.bench import main as bench
 
     out = tmp_path / "stages.json"
-    argv = ["--stages", "--model", str(lean_dir / "export.pkl"), "--variants", "2"]
+    argv = ["--stages", "--model", str(onnx_dir / "export.pkl"), "--variants", "2"]
     assert bench(argv + ["--out", str(out)]) == 0
     for kind, steps in json.loads(out.read_text())["stages_cpu_ms"].items():
         levels = [v for k, v in steps.items() if k.startswith("search level")]

@@ -1,11 +1,14 @@
-"""Smoke test of the real training path: ResNet50, one epoch on synthetic images, export, load."""
+"""The training path on synthetic images: one real ResNet50 batch, export and load; the commands
+(train, teacher, pack, mix) end to end with a tiny network in ResNet50's place."""
 
 from __future__ import annotations
 
 import json
 import pickle
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from fastai.learner import load_learner
 from PIL import Image
@@ -16,6 +19,24 @@ from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
 from agegroup.training.train import CachedImages, LearnerConfig, build_learner, export_learner
 from testsupport.images import synthetic_faces
+from testsupport.learner import tiny_cnn
+
+
+@pytest.fixture()
+def tiny_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training commands build testsupport's tiny CNN where they would build their network
+    (ResNet50, the teacher's MobileNetV2): the commands' path (data, loaders, losses,
+    checkpoints, export) runs for real, in seconds. They look ``build_learner`` up in their
+    module when they run, ``plain_copy`` included."""
+    from agegroup.training import teacher, train
+
+    real = train.build_learner
+
+    def tiny(images: Any, labels: Any, valid: Any, config: Any, arch: Any = None, **kw: Any):
+        return real(images, labels, valid, config, tiny_cnn, **kw)
+
+    monkeypatch.setattr(train, "build_learner", tiny)
+    monkeypatch.setattr(teacher, "build_learner", tiny)
 
 
 def test_resnet50_trains_a_batch_and_exports_a_loadable_half_precision_learner(tmp_path):
@@ -51,7 +72,7 @@ def test_the_image_cache_is_not_pickled_with_the_learner():
     assert restored(image) is image  # at serving time items are images, passed through
 
 
-def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path):
+def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path, tiny_network):
 
     from agegroup.training.train import main
 
@@ -121,8 +142,8 @@ def test_the_distillation_loss_mixes_the_true_group_with_the_teachers_probabilit
     assert loss(logits, target, other) > 0.4 * hard + 1e-3
 
 
-def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_resnet50(
-    tmp_path,
+def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_student(
+    tmp_path, tiny_network
 ):
     from agegroup.training import teacher
     from agegroup.training.train import main as train_main
@@ -223,7 +244,9 @@ def test_a_mix_of_saved_probabilities_is_scored_with_the_weights_it_is_given(tmp
             raise AssertionError(f"{bad} was mixed")
 
 
-def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(tmp_path):
+def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(
+    tmp_path, tiny_network
+):
     """recipes/gpu_h200.sh's path, small and on the CPU: pack the train split with the
     teacher's targets, then train from the pack alone with the recipe's options."""
     from agegroup.training.pack import pack
