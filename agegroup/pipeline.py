@@ -109,7 +109,12 @@ class AgeGroupDetector:
         # server does for a request.
         image = decoded.image
         with self.budget.reserve(image.width * image.height * ANALYSIS_BYTES_PER_PIXEL):
-            return analyze(decoded, self.predictor, started, self.detector)
+            return self.analyze_decoded(decoded, started)
+
+    def analyze_decoded(self, decoded: DecodedImage, started: float | None = None) -> Analysis:
+        """Every face of a photo already decoded (the web layer decodes and holds memory for
+        the whole request itself); ``started`` is a ``time.perf_counter()`` value."""
+        return analyze(decoded, self.predictor, started, self.detector)
 
     def answer(self, result: Analysis) -> dict[str, Any]:
         """An analysis as the JSON API answers it: probabilities rounded, in age order."""

@@ -21,7 +21,6 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from agegroup.analysis import analyze
 from agegroup.buckets import BUCKETS
 from agegroup.config import PROJECT_ROOT, Settings
 from agegroup.errors import AppError, BadRequest, ModelUnavailable, NoImage, UploadTooLarge
@@ -32,7 +31,8 @@ from agegroup.limits import ClientLimits
 from agegroup.links import ResultLinks
 from agegroup.memory_budget import ANALYSIS_BYTES_PER_PIXEL, shared_budget
 from agegroup.openapi import openapi_spec
-from agegroup.pages import result_view, shaped_json
+from agegroup.pages import result_view
+from agegroup.pipeline import AgeGroupDetector
 from agegroup.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,20 @@ class AppState:
     detector: FaceDetector | None = None
     # None with AGE_RATE_LIMIT=off; the routes are wrapped by it, this is for inspection.
     limits: ClientLimits | None = None
+    # The Python API over this model and detector: the command and the page use one pipeline.
+    pipeline: AgeGroupDetector | None = None
 
     def require_predictor(self) -> Predictor:
         if self.predictor is None:
             raise ModelUnavailable(self.load_error or "No model is loaded.")
         return self.predictor
+
+    def require_pipeline(self) -> AgeGroupDetector:
+        if self.pipeline is None:
+            self.pipeline = AgeGroupDetector(
+                settings=self.settings, predictor=self.require_predictor(), detector=self.detector
+            )
+        return self.pipeline
 
 
 def _state() -> AppState:
@@ -176,11 +185,9 @@ def _analyze(read: Callable[[], bytes]) -> dict[str, Any]:
     The model is checked first: without one, the answer is 503 whatever was sent.
     """
     started = time.perf_counter()
-    state = _state()
-    predictor = state.require_predictor()
+    pipeline = _state().require_pipeline()
     decoded = _decode(read())
-    result = analyze(decoded, predictor, started, state.detector)
-    return shaped_json(result.to_json(predictor.info))
+    return pipeline.answer(pipeline.analyze_decoded(decoded, started))
 
 
 def _read_example() -> bytes | None:
