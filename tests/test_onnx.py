@@ -115,26 +115,26 @@ def test_refuses_an_onnx_model_of_another_learner(onnx_dir, tmp_path) -> None:
         OnnxPredictor(tmp_path / "export.onnx", tmp_path)
 
 
-def test_refuses_an_onnx_model_made_for_another_normalisation(onnx_dir, tmp_path) -> None:
+def with_metadata(source: Path, target: Path, key: str, value: object) -> Path:
+    """A copy of the ONNX model ``source`` whose metadata ``key`` says ``value`` (as JSON)."""
     import onnx
 
-    model = onnx.load(str(onnx_dir / "export.onnx"))
+    model = onnx.load(str(source))
     for prop in model.metadata_props:
-        if prop.key == "mean":
-            prop.value = json.dumps([0.5, 0.5, 0.5])
-    onnx.save(model, str(tmp_path / "other.onnx"))
+        if prop.key == key:
+            prop.value = json.dumps(value)
+    onnx.save(model, str(target))
+    return target
+
+
+def test_refuses_an_onnx_model_made_for_another_normalisation(onnx_dir, tmp_path) -> None:
+    other = with_metadata(onnx_dir / "export.onnx", tmp_path / "other.onnx", "mean", [0.5] * 3)
     with pytest.raises(ModelUnavailable, match="another normalisation"):
-        OnnxPredictor(tmp_path / "other.onnx", tmp_path)
+        OnnxPredictor(other, tmp_path)
 
 
 def test_refuses_wrong_classes_and_broken_files(onnx_dir, tmp_path) -> None:
-    import onnx
-
-    model = onnx.load(str(onnx_dir / "export.onnx"))
-    for prop in model.metadata_props:
-        if prop.key == "vocab":
-            prop.value = json.dumps(["young", "old"])
-    onnx.save(model, str(tmp_path / "wrong.onnx"))
+    with_metadata(onnx_dir / "export.onnx", tmp_path / "wrong.onnx", "vocab", ["young", "old"])
     with pytest.raises(ModelUnavailable, match="seven age groups"):
         OnnxPredictor(tmp_path / "wrong.onnx", tmp_path)
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
