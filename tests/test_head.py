@@ -55,8 +55,8 @@ def test_only_the_head_changes_and_the_result_loads_like_any_served_learner(tmp_
     ]
     assert any(changed)
     history = json.loads((run / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [0, 1]
-    assert set(history[0]["valid_bias"]["male"]) == {"0-20", "21-40", "41-60", "61+"}
+    assert [row["epoch"] for row in history] == ["start", 0, 1]
+    assert set(history[1]["valid_bias"]["male"]) == {"0-20", "21-40", "41-60", "61+"}
     assert json.loads((run / "args.json").read_text())["balance"] == "race-gender"
 
     # A second run on the same learner and views reuses the features instead of recomputing.

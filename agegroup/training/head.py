@@ -139,6 +139,21 @@ def head_metrics(head: torch.nn.Module, features: np.ndarray, samples: list[utk.
     )
 
 
+def epoch_report(epoch: int | str, train_loss: float | None, metrics: dict) -> dict:
+    """One line of the run's history: the loss and the validation figures, bias included."""
+    return {
+        "epoch": epoch,
+        "train_loss": None if train_loss is None else round(train_loss, 4),
+        "valid_accuracy": metrics["accuracy"],
+        "valid_balanced_accuracy": metrics["balanced_accuracy"],
+        "valid_bias": {
+            value: {band: cell["years"] for band, cell in entry["age_bias_years"].items()}
+            for labelling in ("race", "gender")
+            for value, entry in metrics["by_group"][labelling].items()
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/head"))
+    parser.add_argument(
+        "--features", type=Path, help="the views' features (default: RUN/features.npz)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: RUN/export.pkl")
     args = parser.parse_args(argv)
     if args.threads:
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         names,
         args.views,
         args.teacher is not None,
-        args.run_dir / "features.npz",
+        args.features or args.run_dir / "features.npz",
     )
     valid = set(valid_idx)
     train_rows = np.array([i for i in range(len(samples)) if i not in valid])
@@ -220,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     trust_of = None
     if trust is not None:
         trust_of = torch.from_numpy(trust[np.tile(truth[train_rows], len(args.views))])
-    history = []
+    valid_samples = [samples[i] for i in valid_rows]
+    valid_features = saved["features_clean"][valid_rows]
+    history = [epoch_report("start", None, head_metrics(head[2:], valid_features, valid_samples))]
+    print(json.dumps(history[0]), flush=True)
     for epoch in range(args.epochs):
         head.train()
         order = torch.multinomial(draw, len(features), replacement=True)
@@ -239,20 +260,8 @@ def main(argv: list[str] | None = None) -> None:
             optimiser.step()
             schedule.step()
             total += value.item()
-        m = head_metrics(
-            head[2:], saved["features_clean"][valid_rows], [samples[i] for i in valid_rows]
-        )
-        row = {
-            "epoch": epoch,
-            "train_loss": round(total / (len(order) // args.bs), 4),
-            "valid_accuracy": m["accuracy"],
-            "valid_balanced_accuracy": m["balanced_accuracy"],
-            "valid_bias": {
-                value: {b: c["years"] for b, c in entry["age_bias_years"].items()}
-                for labelling in ("race", "gender")
-                for value, entry in m["by_group"][labelling].items()
-            },
-        }
+        m = head_metrics(head[2:], valid_features, valid_samples)
+        row = epoch_report(epoch, total / (len(order) // args.bs), m)
         history.append(row)
         print(json.dumps(row), flush=True)
     (args.run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
