@@ -340,6 +340,7 @@
       makeThumbnails(section, photo);
       annotatedPng(section, photo).then((blob) => {
         const link = byId("download-png");
+        if (!link || !section.isConnected) return; // Back or another photo came first
         link.href = URL.createObjectURL(blob);
         link.hidden = false;
       });
