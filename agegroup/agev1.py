@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image
 
 from agegroup.ages import AGE_CLASSES, MAX_AGE
+from agegroup.calibration import Calibration
 from agegroup.errors import ModelUnavailable
-from agegroup.predictor import ModelInfo, Predictor
+from agegroup.predictor import ModelInfo, Predictor, probabilities_of
 
 # age-v1's classes: 0.25, 1, 2, ..., 80 years.
 AGEV1_AGES = 81
@@ -75,13 +76,17 @@ class AgeV1:
 
 
 class TeacherMix:
-    """A ``Predictor``: ``(1 - share) * network + share * age-v1``, over ages 0-100.
+    """A ``Predictor``: ``calibrate((1 - share) * network + share * age-v1)`` over ages 0-100.
 
-    Mixing distributions over ages mixes the seven groups' probabilities by the same share
-    (groups are sums over ages) and gives the estimated age of the mixed distribution.
+    The mix takes over the network's calibration (``agegroup.calibration``), which
+    ``calibrate --agev1-share`` fits on the mixed answers: its logit adjustment then corrects
+    the prior of the mix, age-v1's included. Mixing distributions over ages mixes the seven
+    groups by the same share (groups are sums over ages) and gives the mix's estimated age.
     """
 
-    def __init__(self, network: Predictor, agev1: AgeV1, share: float) -> None:
+    def __init__(
+        self, network: Predictor, agev1: AgeV1, share: float, calibration: Calibration | None
+    ) -> None:
         if network.info.classes != AGE_CLASSES:
             raise ModelUnavailable(
                 "age-v1 can only be mixed into a model that predicts ages 0-100; this one "
@@ -92,6 +97,7 @@ class TeacherMix:
         self.network = network
         self.agev1 = agev1
         self.share = share
+        self.calibration = calibration
         self.info = ModelInfo(
             f"{network.info.name}+{AGEV1_NAME}",
             network.info.version,
@@ -99,16 +105,24 @@ class TeacherMix:
             AGE_CLASSES,
         )
 
+    def mixed(self, faces: Sequence[Image.Image]) -> np.ndarray:
+        """The uncalibrated mix: the network's plain probabilities and age-v1's, by share."""
+        return (1 - self.share) * self.network.predict(faces) + self.share * self.agev1.predict(
+            faces
+        )
+
     def predict(self, faces: Sequence[Image.Image]) -> np.ndarray:
         if not faces:
             return np.zeros((0, len(AGE_CLASSES)))
-        mine = self.network.predict(faces)
-        return (1 - self.share) * mine + self.share * self.agev1.predict(faces)
+        return probabilities_of(np.log(np.clip(self.mixed(faces), 1e-300, None)), self.calibration)
 
 
 def as_served(network: Predictor) -> Predictor:
     """The network as the app serves it: mixed with age-v1 when its calibration file says so
-    (``calibration.agev1_share``), else unchanged."""
+    (``calibration.agev1_share``), else unchanged. The mix applies the calibration to the mixed
+    answer, so the network itself then answers uncalibrated."""
     calibration = getattr(network, "calibration", None)
-    share = 0.0 if calibration is None else calibration.agev1_share
-    return TeacherMix(network, AgeV1(), share) if share > 0 else network
+    if calibration is None or calibration.agev1_share == 0:
+        return network
+    network.calibration = None  # type: ignore[attr-defined]  (the mix applies it instead)
+    return TeacherMix(network, AgeV1(), calibration.agev1_share, calibration)

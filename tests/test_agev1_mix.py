@@ -24,8 +24,8 @@ def age_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("age-model")
     path = export_tiny_learner(folder / "export.pkl", ages=True)
     calibration = {
-        "offsets": [0.0] * len(AGE_CLASSES),
-        "temperature": 1.0,
+        "offsets": np.linspace(-1, 1, len(AGE_CLASSES)).tolist(),
+        "temperature": 2.0,
         "source_sha256": file_sha256(path),
         "agev1_share": 0.3,
     }
@@ -47,17 +47,18 @@ def test_age_v1_classes_land_on_whole_ages_and_sum_to_one():
     assert grid[0, 0] == grid[0, 80] == 0.5 and grid[0, 81:].sum() == 0
 
 
-def test_the_served_answer_is_the_network_mixed_with_age_v1_by_the_files_share(
-    age_model, agev1, grace_crop
-):
-    network = FastaiPredictor(age_model, age_model.parent)
-    served = as_served(network)
+def test_the_served_answer_is_the_mix_calibrated_as_a_whole(age_model, agev1, grace_crop):
+    served = as_served(FastaiPredictor(age_model, age_model.parent))
     assert isinstance(served, TeacherMix) and served.share == 0.3
     assert served.info.name == "tiny-test-model+age-v1"
-    mixed = served.predict([grace_crop])
-    expected = 0.7 * network.predict([grace_crop]) + 0.3 * agev1.predict([grace_crop])
-    np.testing.assert_allclose(mixed, expected)
-    assert mixed.sum() == pytest.approx(1.0)
+    # The mix took the calibration over: the network answers uncalibrated.
+    assert served.network.calibration is None and served.calibration.temperature == 2.0
+    raw = FastaiPredictor(age_model, age_model.parent, calibrated=False).predict([grace_crop])
+    mixed = 0.7 * raw + 0.3 * agev1.predict([grace_crop])
+    offsets = np.linspace(-1, 1, len(AGE_CLASSES))
+    logits = (np.log(mixed) + offsets) / 2.0
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(served.predict([grace_crop]), expected, atol=1e-9)
     # Grace Hopper was 78: age-v1 alone puts most of her in 61+.
     assert (agev1.predict([grace_crop]) @ GROUP_OF_AGE)[0].argmax() == 6
 
@@ -96,4 +97,4 @@ def test_a_share_outside_zero_to_one_or_beside_a_group_model_is_refused(
         FastaiPredictor(tmp_path / "export.pkl", tmp_path)
     groups_only = FastaiPredictor(model_dir / "export.pkl", model_dir)
     with pytest.raises(ModelUnavailable, match="ages 0-100"):
-        TeacherMix(groups_only, agev1, 0.3)
+        TeacherMix(groups_only, agev1, 0.3, None)

@@ -22,8 +22,8 @@ split), written beside the model (``agegroup.calibration``), which both runtimes
 
 Works for age models (classes are ages, grouped by ``GROUP_OF_AGE``) and group models.
 
-``--agev1-share S`` also writes the share of age-v1's answer the app mixes into the network's
-(``agegroup.agev1``), chosen on the test sets with ``agegroup.training.mix`` (model/MODEL.md).
+``--agev1-share S``: the app mixes that share of age-v1's answer into the network's
+(``agegroup.agev1``), and both corrections are fitted on the mixed answers.
 """
 
 from __future__ import annotations
@@ -142,7 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     images, samples, valid_idx = training_split(args.data, predictor.info.input_size, args.cache)
     fit_rows = sorted(set(range(len(samples))) - set(valid_idx))
     prior = np.bincount([samples[i].bucket for i in fit_rows], minlength=len(BUCKETS))
-    plain, flipped = predict_faces(predictor, [Image.fromarray(images[i]) for i in valid_idx])
+    faces = [Image.fromarray(images[i]) for i in valid_idx]
+    plain, flipped = predict_faces(predictor, faces)
+    if args.agev1_share > 0:  # the served answer is the mix, calibrated as a whole
+        from agegroup.agev1 import AgeV1
+
+        teacher_plain, teacher_flipped = predict_faces(AgeV1(), faces)
+        plain = (1 - args.agev1_share) * plain + args.agev1_share * teacher_plain
+        flipped = (1 - args.agev1_share) * flipped + args.agev1_share * teacher_flipped
     calibration, report = fit(
         np.log(np.clip(plain, 1e-300, None)),
         np.log(np.clip(flipped, 1e-300, None)),
