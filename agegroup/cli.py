@@ -5,8 +5,8 @@ Folders are walked for photos; each photo gives one row per face (``agegroup.row
 that cannot be used one row with its error code and message, and the run goes on. A progress
 bar (photos per second) goes to stderr, the table to ``--out`` (CSV, JSON lines or Parquet,
 by its name) or as CSV to stdout. The exit status is 0 when every photo was read, 1 when some
-were not (a summary says which errors), 2 for a usage error or a missing model, 130 when
-interrupted.
+were not (a summary says which errors), 2 when the run cannot start or finish (a usage error,
+no model, an unwritable ``--out``, no Ray), 130 when interrupted.
 
 ``--out`` is written only when the run ends (to a temporary name, then renamed), so an
 interrupted run never leaves half a file; what it had done is kept in ``OUT.partial`` (one JSON
@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is None:
             return predict_to_stdout(args, paths, sys.stdout)
         return predict_to_file(args, paths)
-    except (UsageError, ValueError) as exc:
+    except (UsageError, ValueError, OSError) as exc:  # OSError: --out unwritable, no Ray
         print(f"agegroup: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModelUnavailable as exc:

@@ -53,10 +53,13 @@ def _connect(address: str, cpus: int) -> bool:
 
     if ray.is_initialized():
         return False
-    if address == "local":
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    try:
+        if address == "local":
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except Exception as exc:  # Ray raises plain Exceptions (a node that timed out, no cluster)
+        raise ConnectionError(f"Ray did not start at {address!r}: {exc}") from exc
     return True
 
 

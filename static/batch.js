@@ -229,7 +229,7 @@
     byId("batch-cancel").hidden = !batch.running;
     byId("batch-files").disabled = batch.running;
     byId("batch-folder").disabled = batch.running;
-    byId("batch-results").hidden = !batch.items.length && !batch.running;
+    byId("batch-results").hidden = !batch.items.length;
     byId("batch-csv").hidden = batch.running || !batch.items.length;
   }
 

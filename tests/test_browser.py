@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,14 +25,13 @@ from PIL import Image, ImageEnhance
 from agegroup.buckets import BUCKETS
 from agegroup.config import Settings
 from agegroup.factory import create_app
-from testsupport.browser import FAKE_CAMERA_ARGS, chromium_path, launch_chromium, serving
+from testsupport.browser import FAKE_CAMERA_ARGS, axe_violations, chromium_or_skip, serving
 from testsupport.uploads import heic_start, image_bytes
 
 VIEWPORT = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "static" / "examples"
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 # Reports Content-Security-Policy violations to Python; it survives navigations.
 CSP_WATCH = """
 document.addEventListener("securitypolicyviolation", (event) => {
@@ -71,26 +69,11 @@ PREVIEW_DECODED = """
 """
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("REQUIRE_BROWSER") == "1":
-        pytest.fail(f"REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Any]:
     """Debian's Chromium under Playwright, shared by the tests of this module."""
-    executable = chromium_path()
-    if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
-        _skip_or_fail(f"no Chromium at {executable} (apt-get install chromium, or CHROMIUM_PATH)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("the playwright package is not installed")
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright, FAKE_CAMERA_ARGS)
+    with chromium_or_skip(FAKE_CAMERA_ARGS) as chromium:
         yield chromium
-        chromium.close()
 
 
 # Pastes one PNG as the clipboard would (a ClipboardEvent carrying a file, no text).
@@ -281,23 +264,6 @@ def try_example(page: Any, name: str) -> None:
     page.click(f'button.example[value="{name}"]')
     page.wait_for_url(RESULT_URL)
     page.wait_for_selector("#result-title")
-
-
-def run_axe(page: Any) -> list[str]:
-    """axe-core's violations of serious or critical impact on the current page."""
-    if not AXE.is_file():
-        _skip_or_fail(f"axe-core is not installed ({AXE}): npm install axe-core")
-    # Evaluated through DevTools, so the page's CSP (no inline scripts) does not block it.
-    page.evaluate(AXE.read_text())
-    found = page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))"
-    )
-    return [
-        f"{v['id']} ({v['impact']}): {v['nodes'][:3]}"
-        for v in found
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 # --- choosing, dropping, pasting ------------------------------------------------------------
@@ -652,10 +618,10 @@ def test_dark_mode_follows_the_system(chromium_browser, live_url):
         background = tab.evaluate("getComputedStyle(document.documentElement).backgroundColor")
         red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
         assert red + green + blue < 150, background
-        assert run_axe(tab) == []
+        assert axe_violations(tab) == []
         try_example(tab, "group")
         wait_for_photo(tab)
-        assert run_axe(tab) == []
+        assert axe_violations(tab) == []
         assert log.problems() == []
     finally:
         context.close()
@@ -669,19 +635,19 @@ def test_axe_finds_nothing_serious_on_start_result_no_face_and_error_pages(
         try:
             tab = context.new_page()
             tab.goto(f"{live_url}/")
-            assert run_axe(tab) == [], "start page"
+            assert axe_violations(tab) == [], "start page"
             try_example(tab, "group")
             wait_for_photo(tab)
-            assert run_axe(tab) == [], "result page"
+            assert axe_violations(tab) == [], "result page"
             tab.goto(f"{live_url}/")
             try_example(tab, "no-face")
-            assert run_axe(tab) == [], "no-face page"
+            assert axe_violations(tab) == [], "no-face page"
             tab.click("#fallback-guess > summary")
-            assert run_axe(tab) == [], "no-face page, guess shown"
+            assert axe_violations(tab) == [], "no-face page, guess shown"
             tab.goto(f"{live_url}/result?r=damaged")
             assert tab.locator("h1").inner_text() == "Sorry, that did not work"
-            assert run_axe(tab) == [], "error page"
+            assert axe_violations(tab) == [], "error page"
             tab.goto(f"{live_url}/api")
-            assert run_axe(tab) == [], "API page"
+            assert axe_violations(tab) == [], "API page"
         finally:
             context.close()

@@ -188,6 +188,7 @@ def test_usage_errors_exit_2_with_a_message(folder, model, tmp_path):
         (command(folder, "--out", tmp_path / "rows.xlsx", *model), "--out must end in"),
         (command(folder, "--workers", 0, *model), "--workers must be at least 1"),
         (command(tmp_path, *model), "No photos found"),
+        (command(folder, "--out", tmp_path / "gone" / "rows.csv", *model), "No such file"),
         (command(folder, "--model", tmp_path / "export.pkl"), "no model"),
     ]
     for args, message in cases:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,9 @@ class Run:
         return (self.photos - 1) / self.steady_s if self.steady_s > 0.5 else None
 
 
-def run_command(mode: str, folder: Path, photos: int, work: Path, model: list[str]) -> Run:
+def run_command(
+    mode: str, folder: Path, photos: int, work: Path, model: list[str], env: dict[str, str]
+) -> Run:
     """``agegroup predict`` on the folder, timed by its rows reaching ``OUT.partial``."""
     options = {
         "workers1": ["--workers", "1"],
@@ -67,8 +70,9 @@ def run_command(mode: str, folder: Path, photos: int, work: Path, model: list[st
     journal = out.with_name(out.name + ".partial")
     args = predict_command(folder, "--out", out, *options, *model)
     started = time.perf_counter()
+    log = (work / f"{mode}.log").open("wb")
     process = subprocess.Popen(
-        args, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log
     )
     peak, seen, first, last = 0.0, 0, None, None
     while process.poll() is None:
@@ -83,19 +87,21 @@ def run_command(mode: str, folder: Path, photos: int, work: Path, model: list[st
             last, seen = now, lines
         time.sleep(0.1)
     wall = time.perf_counter() - started
+    log.close()
     if process.returncode != 0 or first is None or last is None:
-        raise RuntimeError(f"{' '.join(args)} exited with {process.returncode}")
+        said = (work / f"{mode}.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(args)} exited with {process.returncode}:\n{said}")
     shown = " ".join(["agegroup predict PHOTOS --out rows.csv", *options, *model[:2]])
     return Run(mode, shown, photos, wall, last - first, peak)
 
 
-def run_http(folder: Path, photos: int, work: Path, runtime: str) -> Run:
+def run_http(folder: Path, photos: int, work: Path, runtime: str, env: dict[str, str]) -> Run:
     """The photos posted to ``/api/predict`` one after another on one kept-alive connection."""
     files = sorted(folder.iterdir())
     with GunicornServer(
         PROJECT_ROOT / "model" / "export.pkl",
         work / "gunicorn.log",
-        env={"AGE_RUNTIME": runtime, "AGE_RATE_LIMIT": "off"},
+        env={"AGE_RUNTIME": runtime, "AGE_RATE_LIMIT": "off", **env},
     ) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         times = []
@@ -117,7 +123,8 @@ def run_http(folder: Path, photos: int, work: Path, runtime: str) -> Run:
 def markdown(runs: list[Run], info: dict) -> str:
     lines = [
         f"{info['nproc']} CPUs ({info['cpu']}), load average {info['load_average'][0]} at the "
-        f"start and {info['load_average_end'][0]} at the end; {runs[0].photos} photos.",
+        f"start and {info['load_average_end'][0]} at the end; {runs[0].photos} photos; "
+        f"AGE_TORCH_THREADS={info.get('threads') or 'unset'}.",
         "",
         "| mode | photos/s (whole run) | photos/s (steady) | peak RSS (MB) |",
         "|---|---:|---:|---:|",
@@ -148,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=("onnx", "fastai"), default="onnx")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="AGE_TORCH_THREADS for every mode (default: the command's share of the cores per "
+        "worker, all cores for the server)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -158,19 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
-    info = machine()
+    info = machine() | {"threads": args.threads}
     runs = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         folder = work / "photos"
         photo_folder(folder, args.photos, unreadable=False)
         model = ["--runtime", args.runtime, "--model", str(PROJECT_ROOT / "model" / "export.pkl")]
+        env = {} if args.threads is None else {"AGE_TORCH_THREADS": str(args.threads)}
         for _ in range(args.rounds):
             for mode in modes:
                 if mode == "http":
-                    run = run_http(folder, args.photos, work, args.runtime)
+                    run = run_http(folder, args.photos, work, args.runtime, env)
                 else:
-                    run = run_command(mode, folder, args.photos, work, model)
+                    run = run_command(mode, folder, args.photos, work, model, env)
                 runs.append(run)
                 print(f"{mode}: {run.photos_per_s:.2f} photos/s", file=sys.stderr)
     info["load_average_end"] = machine()["load_average"]
