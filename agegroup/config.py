@@ -69,7 +69,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Memory that image decodes and analyses may hold at once in one worker
     # (agegroup.images.MemoryBudget): the deployed server rests near 240 MB, and with this budget
-    # its peak stayed under 400 MB in tools/stress.py (README "Robustness").
+    # its peak stayed under 400 MB in tools/stress.py (docs/robustness.md#the-memory-budget).
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
@@ -77,8 +77,7 @@ class Settings:
     # both via onnxruntime), "blazeface-fast" (BlazeFace alone) or "hog" (dlib's).
     face_detector: str = "blazeface"
     # The finest search level of BlazeFace (and of MTCNN) has at most this many pixels: more
-    # finds smaller faces in large photos and costs time in proportion (README, "Face
-    # detection": the trade-off).
+    # finds smaller faces in large photos and costs time in proportion (docs/detection.md#the-pyramid-search).
     detect_pixels: int = 250_000
     # Predictions one client may ask for, as Flask-Limiter limits ("30/minute;300/hour"), or
     # "off": no rate limit and no in-flight cap (agegroup.limits).

@@ -92,7 +92,7 @@ def check_model_path(path: Path, model_dir: Path) -> Path:
     if not resolved.is_file():
         raise ModelUnavailable(
             "No model is installed yet. Train one with `python -m agegroup.training.train` "
-            f"(see README.md) so that {path.name} exists in the model folder."
+            f"(see docs/training.md#export) so that {path.name} exists in the model folder."
         )
     return resolved
 

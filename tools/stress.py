@@ -15,7 +15,7 @@ accepts for each, a 10 MB noise JPEG, and one just over the limit), each followe
 photo. It reports, per concurrency: peak RSS of the whole server (VmHWM of every process,
 reset before the burst), resting RSS before and one second after, status counts, refusals
 without Retry-After or a clear message, 5xx and dropped connections, and the latency of the
-normal photos. Exit status 1 when a check of issue 15 fails (``failures``);
+normal photos. Exit status 1 when a memory check fails (``failures``);
 tests/test_memory.py runs a short form.
 """
 
@@ -358,7 +358,7 @@ def run_stress(
 def failures(
     report: dict, max_peak_mb: float = 450, max_rest_growth_mb: float = 50, max_p95_s: float = 5.0
 ) -> list[str]:
-    """Issue 15's checks; empty when all hold."""
+    """The memory checks (peak, rest after the burst, normal photos' p95); empty when all hold."""
     found = []
     for b in report["bursts"]:
         at = f"{b['clients']} clients"

@@ -1,9 +1,9 @@
-"""Pack the training part of UTKFace small enough to travel to a borrowed GPU machine.
+"""Pack the training part of UTKFace small enough to travel to a remote GPU machine.
 
     python -m agegroup.training.pack --size 112 --quality 80 --out gpu-pack
 
-A GPU machine lent for a few minutes receives the working tree and at most 64 MiB of
-carried files, and reaches nothing else. This writes ``OUT/utkface/``, laid out like UTKFace
+A remote GPU machine that receives the working tree and at most 64 MiB of other files,
+and reaches nothing else, can train from it. This writes ``OUT/utkface/``, laid out like UTKFace
 itself (the same file names, which carry the labels, plus ``md5sums.txt`` and
 ``near_duplicate_groups.json`` limited to those files), so that ``list_samples`` and the
 training command read it unchanged. Only the train split travels (test groups are left out
