@@ -77,7 +77,8 @@ class Settings:
     # both via onnxruntime), "blazeface-fast" (BlazeFace alone) or "hog" (dlib's).
     face_detector: str = "blazeface"
     # The finest search level of BlazeFace (and of MTCNN) has at most this many pixels: more
-    # finds smaller faces in large photos and costs time in proportion (docs/detection.md#the-pyramid-search).
+    # finds smaller faces in large photos and costs time in proportion
+    # (docs/detection.md#the-pyramid-search).
     detect_pixels: int = 250_000
     # Predictions one client may ask for, as Flask-Limiter limits ("30/minute;300/hour"), or
     # "off": no rate limit and no in-flight cap (agegroup.limits).
