@@ -6,7 +6,7 @@ import torch
 
 from agegroup.training.balance import balancing_weights
 from agegroup.training.data import Sample
-from agegroup.training.train import AgeLoss
+from agegroup.training.losses import AgeLoss
 
 
 def sample(i, age, race, gender=0):

@@ -10,8 +10,8 @@ from PIL import Image
 
 from agegroup.crops import CROP_SIZE
 from agegroup.training.data import Sample
+from agegroup.training.learner import CachedImages
 from agegroup.training.served_crops import placed_photo, served_crop, served_training_rows
-from agegroup.training.train import CachedImages
 
 
 def grey_small(image: Image.Image) -> np.ndarray:

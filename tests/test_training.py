@@ -17,7 +17,7 @@ from agegroup.ages import AGE_CLASSES
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
-from agegroup.training.train import CachedImages, LearnerConfig, build_learner, export_learner
+from agegroup.training.learner import CachedImages, LearnerConfig, build_learner, export_learner
 from testsupport.images import synthetic_faces
 from testsupport.learner import tiny_cnn
 
@@ -28,13 +28,14 @@ def tiny_network(monkeypatch: pytest.MonkeyPatch) -> None:
     (ResNet50, the teacher's MobileNetV2): the commands' path (data, loaders, losses,
     checkpoints, export) runs for real, in seconds. They look ``build_learner`` up in their
     module when they run, ``plain_copy`` included."""
-    from agegroup.training import teacher, train
+    from agegroup.training import learner, teacher, train
 
-    real = train.build_learner
+    real = learner.build_learner
 
     def tiny(images: Any, labels: Any, valid: Any, config: Any, arch: Any = None, **kw: Any):
         return real(images, labels, valid, config, tiny_cnn, **kw)
 
+    monkeypatch.setattr(learner, "build_learner", tiny)
     monkeypatch.setattr(train, "build_learner", tiny)
     monkeypatch.setattr(teacher, "build_learner", tiny)
 
@@ -126,7 +127,7 @@ def _synthetic_utkface(root, count=60, size=40):
 
 
 def test_the_distillation_loss_mixes_the_true_group_with_the_teachers_probabilities():
-    from agegroup.training.distill import DistillationLoss
+    from agegroup.training.losses import DistillationLoss
 
     torch.manual_seed(0)
     logits = torch.randn(8, 7)
@@ -188,7 +189,7 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
 
 
 def test_the_age_loss_rewards_the_labelled_age_and_its_group_and_distils_the_teachers_groups():
-    from agegroup.training.train import AgeLoss
+    from agegroup.training.losses import AgeLoss
 
     def peaked_at(age: int) -> torch.Tensor:
         logits = torch.full((1, 101), -5.0)

@@ -33,7 +33,7 @@ def export_tiny_learner(path: Path, vocab_ok: bool = True, ages: bool = False) -
     """Train a tiny learner on synthetic images for one epoch and export it like the real one:
     over the seven groups, or (``ages``) over ages 0-100 like the shipped model."""
     from agegroup.ages import AGE_CLASSES
-    from agegroup.training.train import LearnerConfig, build_learner, export_learner, plain_copy
+    from agegroup.training.learner import LearnerConfig, build_learner, export_learner, plain_copy
 
     images = synthetic_faces(2 * len(BUCKETS) + 2, TINY_SIZE)
     vocab = AGE_CLASSES if ages else BUCKETS

@@ -48,7 +48,7 @@ from agegroup.training.evaluate import (
     expected_calibration_error,
     predict_faces,
 )
-from agegroup.training.train import training_split
+from agegroup.training.learner import training_split
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Balanced accuracies on validation (1,934 faces) this close are the same: of such taus the

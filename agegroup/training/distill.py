@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastai.losses import LabelSmoothingCrossEntropyFlat
+
+from agegroup.training.losses import DistillationLoss
 
 
 class TeacherTargets:
@@ -27,29 +28,6 @@ class TeacherTargets:
 
     def __call__(self, item: Any) -> torch.Tensor:
         return torch.from_numpy(self.log_probs[int(item)])
-
-
-class DistillationLoss:
-    """Label-smoothed cross-entropy on the true group, mixed with the KL divergence to a
-    teacher's tempered probabilities (Hinton et al. 2015) when the batch carries them."""
-
-    def __init__(self, label_smoothing: float, weight: float, temperature: float) -> None:
-        self.hard = LabelSmoothingCrossEntropyFlat(eps=label_smoothing)
-        self.weight = weight
-        self.temperature = temperature
-
-    def __call__(
-        self, pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        hard = self.hard(pred, target)
-        if teacher is None or self.weight == 0:
-            return hard
-        t = self.temperature
-        soft_teacher = torch.softmax(teacher.float() / t, dim=1)
-        soft = torch.nn.functional.kl_div(
-            torch.log_softmax(pred.float() / t, dim=1), soft_teacher, reduction="batchmean"
-        )
-        return (1 - self.weight) * hard + self.weight * t * t * soft
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,9 @@ from agegroup.training import data as utk
 from agegroup.training.balance import BALANCE_CHOICES, balancing_weights
 from agegroup.training.degrade import degrade, rng_for, tight_framing
 from agegroup.training.evaluate import compute_metrics
-from agegroup.training.train import (
-    AgeLoss,
-    export_learner,
-    seed_everything,
-    training_split,
-    write_args,
-)
+from agegroup.training.learner import export_learner, seed_everything, training_split
+from agegroup.training.losses import AgeLoss
+from agegroup.training.train import write_args
 
 VIEWS = ("clean", "degraded", "tight")
 VIEW_SEED = 2031

@@ -41,7 +41,7 @@ from agegroup.ages import to_groups
 from agegroup.onnx_runtime import INPUT_NAME, OnnxPredictor, int8_path_of, to_batch
 from agegroup.training import data as utk
 from agegroup.training.evaluate import predict_faces, score, test_faces
-from agegroup.training.train import training_split
+from agegroup.training.learner import training_split
 
 SEED = 42
 

@@ -33,15 +33,17 @@ from PIL import Image
 from agegroup.ages import to_groups
 from agegroup.buckets import BUCKETS
 from agegroup.predictor import FastaiPredictor, predict_flip_averaged
-from agegroup.training.train import (
+from agegroup.training.learner import (
     LearnerConfig,
-    add_common_arguments,
     build_learner,
-    class_labels,
     export_learner,
     plain_copy,
     seed_everything,
     training_split,
+)
+from agegroup.training.train import (
+    add_common_arguments,
+    class_labels,
     write_args,
 )
 
