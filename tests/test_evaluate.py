@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agegroup.training.evaluate import compute_metrics
+from agegroup.training.metrics import compute_metrics
 
 
 def one_hot(indices):
@@ -38,7 +38,7 @@ def test_metrics_on_a_hand_checked_example():
 
 
 def test_the_age_bias_per_group_of_people_is_the_signed_mean_error_in_each_band():
-    from agegroup.training.evaluate import bias_table
+    from agegroup.training.metrics import bias_table
 
     truth = [0, 1, 3, 4, 6, 6]
     ages = [5, 15, 35, 45, 70, 80]
@@ -59,7 +59,7 @@ def test_the_age_bias_per_group_of_people_is_the_signed_mean_error_in_each_band(
 
 
 def test_calibration_error_on_a_hand_checked_example_plain_and_group_balanced():
-    from agegroup.training.evaluate import balanced_weights, expected_calibration_error
+    from agegroup.training.metrics import balanced_weights, expected_calibration_error
 
     # Four faces of group 0, all said with confidence 0.94, three right; one face of group 1,
     # said right with 0.94. All five fall in the same confidence bin.

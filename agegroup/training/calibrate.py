@@ -42,13 +42,13 @@ from agegroup.buckets import BUCKETS
 from agegroup.calibration import Calibration, calibration_path
 from agegroup.predictor import FastaiPredictor, file_sha256, probabilities_of
 from agegroup.training import data as utk
-from agegroup.training.evaluate import (
+from agegroup.training.evaluate import predict_faces
+from agegroup.training.learner import training_split
+from agegroup.training.metrics import (
     balanced_weights,
     compute_metrics,
     expected_calibration_error,
-    predict_faces,
 )
-from agegroup.training.learner import training_split
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Balanced accuracies on validation (1,934 faces) this close are the same: of such taus the

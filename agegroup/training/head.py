@@ -34,9 +34,9 @@ from agegroup.predictor import file_sha256
 from agegroup.training import data as utk
 from agegroup.training.balance import BALANCE_CHOICES, balancing_weights
 from agegroup.training.degrade import degrade, rng_for, tight_framing
-from agegroup.training.evaluate import compute_metrics
 from agegroup.training.learner import export_learner, seed_everything, training_split
 from agegroup.training.losses import AgeLoss
+from agegroup.training.metrics import compute_metrics
 from agegroup.training.train import write_args
 
 VIEWS = ("clean", "degraded", "tight")

@@ -24,7 +24,8 @@ import numpy as np
 from agegroup.ages import AGE_CLASSES, to_groups
 from agegroup.buckets import BUCKETS
 from agegroup.training import data as utk
-from agegroup.training.evaluate import TEST_SETS, bias_table, score
+from agegroup.training.evaluate import TEST_SETS, score
+from agegroup.training.metrics import bias_table
 
 
 def parse_part(text: str) -> tuple[Path, float]:
