@@ -116,10 +116,6 @@ def _from_csv(column: str, text: str) -> Any:
     return text
 
 
-def csv_header() -> str:
-    return csv_lines([])
-
-
 def csv_lines(rows: Iterable[Row], header: bool = True) -> str:
     """Rows as CSV text (``true``/``false`` for flags, empty cells for missing values)."""
     buffer = io.StringIO()
