@@ -161,14 +161,13 @@ def test_app_serves_the_same_answer_with_either_runtime(onnx_dir, client) -> Non
 
 def test_onnx_server_never_imports_torch_or_fastai(onnx_dir) -> None:
     script = """
-import io, json, sys
+import json, sys
 from agegroup.factory import create_app
 from PIL import Image
+from testsupport.uploads import image_bytes, post
 app = create_app()
-photo = io.BytesIO()
-Image.new("RGB", (300, 200), (120, 90, 60)).save(photo, "JPEG")
-photo.seek(0)
-status = app.test_client().post("/api/predict", data={"image": (photo, "p.jpg")}).status_code
+photo = image_bytes(Image.new("RGB", (300, 200), (120, 90, 60)))
+status = post(app.test_client(), photo).status_code
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                {"torch", "torchvision", "fastai", "pandas", "matplotlib", "scipy"})
 print(json.dumps({"status": status, "heavy": heavy}))
