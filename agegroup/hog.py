@@ -32,12 +32,14 @@ COLOUR_PROBE_SIDE = 64
 
 
 class Hog:
-    """dlib's frontal face detector (HOG features), on the photo resized to ``side`` px."""
+    """dlib's frontal face detector (HOG features), on the photo resized to ``side`` px.
+
+    dlib builds the detector in about 0.3 s of CPU (3 s of a cold start at a tenth of a CPU),
+    so it is built by the first search that needs it (a colourless photo), not at startup.
+    """
 
     def __init__(self, side: int) -> None:
-        import dlib
-
-        self._detector: Any = dlib.get_frontal_face_detector()
+        self._detector: Any = None
         self._side = side
         # Shared by the server's threads: one detection at a time.
         self._lock = threading.Lock()
@@ -48,6 +50,10 @@ class Hog:
         size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
         work = np.asarray(rgb.resize(size, RESAMPLE, reducing_gap=2.0))
         with self._lock:
+            if self._detector is None:
+                import dlib
+
+                self._detector = dlib.get_frontal_face_detector()
             rects, scores, _ = self._detector.run(work, 0, 0.0)
         boxes = [
             FaceBox(
