@@ -59,7 +59,7 @@ EXIT_OK, EXIT_UNREAD, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
-    """A command line that cannot run: said on stderr, exit status 2."""
+    """A run that cannot start: said on stderr, exit status 2."""
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -106,7 +106,8 @@ def photo_rows(detector: Any, path: str, source: Any = None) -> list[Row]:
     except AppError as exc:
         return [error_row(path, exc.code, exc.message)]
     except Exception as exc:  # a fault in a library on one photo must not end the run
-        log.exception("%s could not be analysed", path)
+        # The traceback with LOG_LEVEL=DEBUG; the row says what happened.
+        log.error("%s could not be analysed: %r", path, exc, exc_info=log.isEnabledFor(10))
         return [error_row(path, "internal_error", f"{type(exc).__name__}: {exc}")]
     return face_rows(path, answer)
 
@@ -116,20 +117,25 @@ _worker_error: str | None = None
 
 
 def _start_worker(settings: Settings) -> None:
-    """Load the model once in a worker process (``--workers``)."""
+    """Load the model once in a worker process (``--workers``). A failure is kept and told to
+    the command with the first photo: a pool whose initializer raises starts new workers
+    forever."""
     global _worker_detector, _worker_error
     import signal
 
     from agegroup.errors import ModelUnavailable
+    from agegroup.pipeline import AgeGroupDetector
 
     # Ctrl+C reaches the whole process group: the command stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from agegroup.pipeline import AgeGroupDetector
-
     try:
         _worker_detector = AgeGroupDetector(settings=settings)
     except ModelUnavailable as exc:
         _worker_error = exc.message
+    except ModuleNotFoundError as exc:
+        _worker_error = missing_module(exc) or str(exc)
+    except Exception as exc:
+        _worker_error = f"{type(exc).__name__}: {exc}"
 
 
 def _worker_rows(path: str) -> tuple[str | None, list[Row]]:
@@ -156,9 +162,7 @@ def local_rows(
     with context.Pool(workers, initializer=_start_worker, initargs=(settings,)) as pool:
         for path, (error, rows) in zip(paths, pool.imap(_worker_rows, paths, chunksize=1)):
             if error is not None:
-                from agegroup.errors import ModelUnavailable
-
-                raise ModelUnavailable(error)
+                raise UsageError(f"the workers could not load the model: {error}")
             yield path, rows
 
 
@@ -413,6 +417,12 @@ def predict_to_file(args: argparse.Namespace, paths: list[str]) -> int:
     return EXIT_UNREAD if tally.errors else EXIT_OK
 
 
+def missing_module(error: ModuleNotFoundError) -> str | None:
+    """What to install for an optional module that is missing; None for any other module."""
+    install = OPTIONAL_MODULES.get((error.name or "").split(".")[0])
+    return None if install is None else f"{error.name} is not installed: {install}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from agegroup.errors import ModelUnavailable
 
@@ -445,10 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
-        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
-        if extra is None:
+        message = missing_module(exc)
+        if message is None:
             raise
-        print(f"agegroup: {exc.name} is not installed: {extra}", file=sys.stderr)
+        print(f"agegroup: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
