@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=("onnx", "fastai"),
         default="onnx",
-        help="onnx: the lean twin export.onnx (default); fastai: the learner export.pkl",
+        help="onnx: the ONNX twin export.onnx (default); fastai: the learner export.pkl",
     )
     predict.add_argument(
         "--model",

@@ -68,8 +68,9 @@ class Settings:
     # Origins allowed to call the JSON API from a browser (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
     # Memory that image decodes and analyses may hold at once in one worker
-    # (agegroup.images.MemoryBudget): the deployed server rests near 240 MB, and with this budget
-    # its peak stayed under 400 MB in tools/stress.py (docs/robustness.md#the-memory-budget).
+    # (agegroup.memory_budget.MemoryBudget): the deployed server rests near 240 MB, and with
+    # this budget its peak stayed under 400 MB in tools/stress.py
+    # (docs/robustness.md#the-memory-budget).
     decode_budget_mb: float = 112.0
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2

@@ -27,14 +27,14 @@ def load_predictor(settings: Settings) -> Predictor:
 def load_network(settings: Settings) -> Predictor:
     """The configured runtime's network (fastai learner or ONNX twin), calibrated."""
     if settings.runtime == "onnx":
-        from agegroup.onnx_runtime import OnnxPredictor, lean_model_path
+        from agegroup.onnx_runtime import OnnxPredictor, onnx_model_path
 
         if settings.onnx_precision not in ("float", "int8"):
             raise ModelUnavailable(
                 f"AGE_ONNX_PRECISION must be 'float' or 'int8', not {settings.onnx_precision!r}."
             )
 
-        return OnnxPredictor(lean_model_path(settings), settings.model_dir, settings.torch_threads)
+        return OnnxPredictor(onnx_model_path(settings), settings.model_dir, settings.torch_threads)
     if settings.runtime != "fastai":
         raise ModelUnavailable(f"AGE_RUNTIME must be 'fastai' or 'onnx', not {settings.runtime!r}.")
     from agegroup.predictor import FastaiPredictor

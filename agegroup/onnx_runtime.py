@@ -1,4 +1,4 @@
-"""The lean twin of the exported learner: the same network as ONNX, run by onnxruntime.
+"""The ONNX twin of the exported learner: the same network as ONNX, run by onnxruntime.
 
 A torch + fastai server with a ResNet50 needs well over 512 MB; onnxruntime runs the same
 network in a fraction of that. Serving (``OnnxPredictor``) imports neither torch nor fastai.
@@ -44,7 +44,7 @@ def int8_path_of(twin: Path) -> Path:
     return twin.with_name(twin.stem + INT8_SUFFIX)
 
 
-def lean_model_path(settings: Settings) -> Path:
+def onnx_model_path(settings: Settings) -> Path:
     """The twin that ``settings`` serve: ``export.pkl`` -> ``export.onnx``, or its int8
     version (``export.int8.onnx``) with ``AGE_ONNX_PRECISION=int8``."""
     twin = settings.model_path.with_suffix(".onnx")

@@ -18,7 +18,7 @@ from PIL import Image
 from agegroup.config import PROJECT_ROOT, UTKFACE_DIR, Settings
 from agegroup.errors import ModelUnavailable
 from agegroup.factory import create_app
-from agegroup.onnx_runtime import OnnxPredictor, lean_model_path
+from agegroup.onnx_runtime import OnnxPredictor, onnx_model_path
 from agegroup.predictor import FastaiPredictor
 from agegroup.preprocess import to_model_input
 from agegroup.training.data import image_dir_of, spread_test_crops
@@ -228,7 +228,7 @@ def test_int8_model_is_served_with_the_precision_setting(int8_dir, monkeypatch) 
     monkeypatch.setenv("AGE_ONNX_PRECISION", "int8")
     monkeypatch.setenv("AGE_MODEL_PATH", str(int8_dir / "export.pkl"))
     settings = Settings.from_env()
-    assert lean_model_path(settings) == int8_dir / "export.int8.onnx"
+    assert onnx_model_path(settings) == int8_dir / "export.int8.onnx"
     app = create_app(settings)
     assert app.extensions["agegroup"].predictor.precision == "int8"
     photo = image_bytes(Image.fromarray(synthetic_faces(1, 120, seed=3)[0]))
@@ -287,7 +287,7 @@ def test_render_blueprint_starts_what_the_procfile_starts() -> None:
     env = {item["key"]: str(item["value"]) for item in service["envVars"] if "value" in item}
     assert env["AGE_RUNTIME"] == "onnx"
     assert env["AGE_ONNX_PRECISION"] == "int8"  # the committed, checked export.int8.onnx
-    assert lean_model_path(Settings(onnx_precision="int8")).is_file()
+    assert onnx_model_path(Settings(onnx_precision="int8")).is_file()
     assert env["WEB_CONCURRENCY"] == "1"
     assert service["healthCheckPath"] == "/healthz"
 
@@ -296,10 +296,10 @@ def test_committed_onnx_model_matches_the_committed_learner() -> None:
     """model/export.onnx gives model/export.pkl's probabilities on the bundled example photos,
     and carries its name, version and classes."""
     settings = Settings()
-    if not lean_model_path(settings).exists():
+    if not onnx_model_path(settings).exists():
         pytest.skip("no model/export.onnx committed yet")
     # OnnxPredictor refuses an ONNX model made from another learner (its sha256 differs).
-    onnx_model = OnnxPredictor(lean_model_path(settings), settings.model_dir)
+    onnx_model = OnnxPredictor(onnx_model_path(settings), settings.model_dir)
     learner = FastaiPredictor(settings.model_path, settings.model_dir)
     assert onnx_model.info == learner.info
     examples = sorted((PROJECT_ROOT / "static" / "examples").glob("*.jpg"))
@@ -314,8 +314,8 @@ def test_committed_int8_model_answers_like_the_float_model() -> None:
     from agegroup.ages import to_groups
     from agegroup.predictor import predict_flip_averaged
 
-    int8 = OnnxPredictor(lean_model_path(Settings(onnx_precision="int8")), Settings().model_dir)
-    float_model = OnnxPredictor(lean_model_path(Settings()), Settings().model_dir)
+    int8 = OnnxPredictor(onnx_model_path(Settings(onnx_precision="int8")), Settings().model_dir)
+    float_model = OnnxPredictor(onnx_model_path(Settings()), Settings().model_dir)
     assert int8.precision == "int8" and int8.info == float_model.info
     assert int8.calibration == float_model.calibration  # the learner's calibration file, both
     faces = spread_test_crops(40)

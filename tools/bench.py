@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.config import PROJECT_ROOT, UTKFACE_DIR, Settings
-from agegroup.onnx_runtime import lean_model_path
+from agegroup.onnx_runtime import onnx_model_path
 from agegroup.training.data import spread_test_crops
 from testsupport.memory import memory_mb
 from testsupport.server import GunicornServer
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runtime=args.runtime,
         onnx_precision=args.precision,
     )
-    served = lean_model_path(settings) if args.runtime == "onnx" else settings.model_path
+    served = onnx_model_path(settings) if args.runtime == "onnx" else settings.model_path
     if not served.is_file():
         raise FileNotFoundError(f"{served} does not exist (see model/MODEL.md)")
     crops = spread_test_crops(40, args.data)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import DETECT_PIXELS, FaceDetector, make_detector
-from agegroup.onnx_runtime import lean_model_path
+from agegroup.onnx_runtime import onnx_model_path
 from testsupport.photos import (
     CONDITIONS,
     SIZES,
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detectors", default=",".join(DETECTORS), help=f"comma-separated, of {DETECTORS}"
     )
-    parser.add_argument("--model", type=Path, default=lean_model_path(Settings()))
+    parser.add_argument("--model", type=Path, default=onnx_model_path(Settings()))
     parser.add_argument("--threads", type=int, default=1, help="detector and model threads")
     parser.add_argument(
         "--detect-pixels",
