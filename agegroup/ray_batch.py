@@ -37,7 +37,7 @@ class _Predictor:
         self.detector = AgeGroupDetector(settings=settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from agegroup.cli import photo_rows
+        from agegroup.batch import photo_rows
 
         rows = [
             json.dumps(photo_rows(self.detector, str(path), bytes(data)))
