@@ -354,15 +354,15 @@ def test_truncated_jpeg_is_422(client, face_jpeg):
     assert_still_serving(client, face_jpeg)
 
 
-def test_progressive_jpeg_with_zero_sampling_factors_is_a_clear_4xx(client, face_jpeg):
+def test_progressive_jpeg_with_zero_sampling_factors_is_422(client, face_jpeg):
     # Found by the fuzz test: a damaged frame header saying 0 once divided by zero (a 500).
     jpeg = bytearray(image_bytes(photo((64, 48)), quality=90, progressive=True))
     start = jpeg.index(b"\xff\xc2")  # SOF2: marker, length, precision, height, width, count
     count = jpeg[start + 9]
     for i in range(count):  # each component: id, sampling factors, quantisation table
         jpeg[start + 10 + 3 * i + 1] = 0x00
-    response = post(client, bytes(jpeg))
-    assert response.status_code in (400, 415, 422), response.data[:300]
+    # A JPEG whose frame cannot be decoded is damaged: 422, as for a truncated file.
+    assert_json_error(post(client, bytes(jpeg)), 422, "corrupt_image")
     assert_still_serving(client, face_jpeg)
 
 
@@ -430,13 +430,23 @@ def test_exif_orientation_is_applied_before_prediction(client):
     )
 
 
-def test_a_very_large_photo_is_downscaled_and_predicted(settings, app):
-    roomy = Settings(**{**settings.__dict__, "max_upload_mb": 10})
-    client = create_app(roomy, predictor=app.extensions["agegroup"].predictor).test_client()
+def test_a_very_large_photo_is_downscaled_and_its_face_found_in_its_own_pixels(client_with, grace):
+    # Grace Hopper's 512 x 600 portrait, four times larger, at a known place in a 5000 x 3800
+    # photo: found on the photo shrunk to AGE_WORK_SIZE, and boxed in the upload's pixels.
     large = photo((5000, 3800), seed=7)
-    response = post(client, image_bytes(large, quality=80), filename="large.jpg")
-    assert response.status_code == 200, response.get_json()
-    assert response.get_json()["image"] == {"width": 5000, "height": 3800}
+    large.paste(grace.resize((2048, 2400)), (2500, 1000))
+    face_box = (2500 + 4 * 172, 1000 + 4 * 144, 4 * 183, 4 * 183)  # README's example, x4
+    for work_size in (1600, 800):
+        client = client_with(max_upload_mb=10, work_size=work_size)
+        response = post(client, image_bytes(large, quality=80), filename="large.jpg")
+        assert response.status_code == 200, response.get_json()
+        answer = response.get_json()
+        assert answer["image"] == {"width": 5000, "height": 3800}
+        [face] = [f for f in answer["faces"] if f["face_found"]]
+        x, y, w, h = face["box"]
+        assert abs(x + w / 2 - (face_box[0] + face_box[2] / 2)) < 0.15 * face_box[2]
+        assert abs(y + h / 2 - (face_box[1] + face_box[3] / 2)) < 0.15 * face_box[3]
+        assert 0.7 < w / face_box[2] < 1.4
 
 
 def test_more_pixels_than_allowed_is_413(settings, app, face_jpeg):
