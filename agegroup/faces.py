@@ -6,6 +6,8 @@ whole photo and may add other detectors' faces that the search missed:
 - ``blazeface`` (the default): BlazeFace's pyramid search (``agegroup.blazeface_search``), then
   MTCNN (``agegroup.mtcnn``) for the small and grey faces it misses;
 - ``blazeface-fast``: BlazeFace's search alone (about two thirds of the default's time);
+- ``centerface``, ``centerface-fast``: CenterFace's one run over the photo and its second looks
+  (``agegroup.centerface_search``), with MTCNN or alone, aligned by CenterFace's own landmarks;
 - ``hog``: dlib's HOG detector alone, kept for comparison.
 
 With a network, a colourless photo (grey, sepia) is searched by HOG too (``agegroup.hog``), the
@@ -39,6 +41,8 @@ from agegroup.boxes import (
     tight_frame,
     utk_box,
 )
+from agegroup.centerface_search import SURE_SCORE as CENTERFACE_SURE
+from agegroup.centerface_search import CenterFaceSearch
 from agegroup.config import Settings
 from agegroup.crops import crop_face, region_with_edges
 from agegroup.face_check import FACE_CHECK_SCORE, FaceCheck
@@ -90,11 +94,22 @@ class Kind:
     network: Callable[[int, int, Stages], NetworkSearch] | None
     # MTCNN searches the photo too, for the small and grey faces the network missed.
     mtcnn: bool = False
+    # The network's faces scoring under this are kept only if ONet takes them for faces (the
+    # face check); 0: none is checked.
+    sure_score: float = SURE_SCORE
+    # AGE_FACE_LANDMARKS=auto aligns by the network's own landmarks, not by dlib's.
+    own_landmarks: bool = False
 
 
 KINDS: dict[str, Kind] = {
     "blazeface": Kind(BlazeFaceSearch, mtcnn=True),
     "blazeface-fast": Kind(BlazeFaceSearch),
+    # CenterFace's one run and its second looks, with MTCNN or alone; its own landmarks align
+    # the faces. docs/detection-centerface.md
+    "centerface": Kind(
+        CenterFaceSearch, mtcnn=True, sure_score=CENTERFACE_SURE, own_landmarks=True
+    ),
+    "centerface-fast": Kind(CenterFaceSearch, sure_score=CENTERFACE_SURE, own_landmarks=True),
     "hog": Kind(None),
 }
 DETECTORS = tuple(KINDS)
@@ -132,6 +147,7 @@ class FaceDetector:
         self.network: NetworkSearch | None = None
         if chosen.network is not None:
             self.network = chosen.network(detect_pixels, threads, self.stages)
+        self._sure_score = chosen.sure_score
         self._face_check: FaceCheck | None = None
         if self.network is not None and face_check:
             self._face_check = FaceCheck(threads=threads)
@@ -177,7 +193,7 @@ class FaceDetector:
             boxes = self.network(rgb, finest)
             if not self._keypoints:
                 boxes = [replace(b, landmarks=None) for b in boxes]
-            boxes = self._checked(rgb, self._with_landmarks(rgb, boxes))
+            boxes = self._checked(rgb, self._with_landmarks(rgb, boxes), self._sure_score)
             boxes = sorted(boxes, key=lambda b: -b.score)
             if self.mtcnn is not None:
                 boxes += self._mtcnn_faces(rgb, boxes, finest)
@@ -229,7 +245,7 @@ class FaceDetector:
             return self._hog(rgb)
 
     def _checked(
-        self, rgb: Image.Image, boxes: list[FaceBox], unsure_below: float = SURE_SCORE
+        self, rgb: Image.Image, boxes: list[FaceBox], unsure_below: float
     ) -> list[FaceBox]:
         """The faces, less those scoring below ``unsure_below`` that ONet does not take for
         faces."""
@@ -296,6 +312,8 @@ def make_detector(
         "detect_pixels": detect_pixels,
     }
     networked = kind not in KINDS or KINDS[kind].network is not None
+    if setting == "auto" and kind in KINDS and KINDS[kind].own_landmarks:
+        setting = "keypoints"
     if networked and setting in ("keypoints", "off"):
         return FaceDetector(kind=kind, keypoints=setting == "keypoints", **options)
     path = landmark_model_path(landmarks)

