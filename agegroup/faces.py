@@ -231,8 +231,10 @@ class FaceDetector:
             return
         side = self._detect_side
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-        # One search: the tight photo's search of a faceless photo takes no more memory.
-        self.search_photo(Image.fromarray(noise))
+        # One search: the tight photo's search of a faceless photo takes no more memory. Not
+        # HOG's: it keeps no arena, and noise reads as colourless (its block averages are
+        # grey), so it would build and run HOG at startup (8 s at a tenth of a CPU).
+        self.search_photo(Image.fromarray(noise), hog=False)
 
     def _with_landmarks(self, rgb: Image.Image, boxes: list[FaceBox]) -> list[FaceBox]:
         if self._landmarks is None:

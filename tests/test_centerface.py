@@ -259,3 +259,13 @@ def test_a_tiny_face_is_found_and_reported_as_low_resolution(client_with: Any) -
     [found_face] = body["faces"]
     assert found_face["face_found"] is True and found_face["low_resolution"] is True
     assert any("too small" in warning for warning in body["warnings"])
+
+
+def test_warming_up_builds_no_hog_and_a_grey_photo_still_gets_it() -> None:
+    # The warm-up's noise reads as colourless; HOG is built by the first real colourless photo.
+    detector = make_detector("centerface-fast")
+    detector.warm_up()
+    assert detector._hog._detector is None  # noqa: SLF001
+    grey = example("grace-hopper.jpg").convert("L").convert("RGB")
+    assert len(detector.detect(grey)) == 1
+    assert detector._hog._detector is not None  # noqa: SLF001
