@@ -224,12 +224,14 @@ class FaceDetector:
         return [box for box in boxes if box.w >= TIGHT_MIN_FACE * max(rgb.size)]
 
     def warm_up(self) -> None:
-        """Search a photo of the largest working size once, so that the networks' memory
-        arenas (bounded by the pixel budget) are taken at startup, not by the first large
-        upload. HOG keeps no arena, so ``hog`` has nothing to warm."""
+        """Search a photo once, so that the networks' memory arenas (bounded by the pixel
+        budget) are taken at startup, not by the first large upload. HOG keeps no arena, so
+        ``hog`` has nothing to warm."""
         if self.network is None:
             return
-        side = self._detect_side
+        # A square at the pixel budget: every photo is searched at the budget, so its arenas
+        # are a larger photo's, in two thirds of the time of a DETECT_SIDE photo's search.
+        side = math.isqrt(self._detect_pixels)
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         # One search: the tight photo's search of a faceless photo takes no more memory. Not
         # HOG's: it keeps no arena, and noise reads as colourless (its block averages are
