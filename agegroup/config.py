@@ -75,7 +75,8 @@ class Settings:
     # How long a decode waits for room in the budget before the request gets 503 + Retry-After.
     decode_wait_s: float = 0.2
     # Face detector: "blazeface" (MediaPipe's, with MTCNN for the small and grey faces it misses;
-    # both via onnxruntime), "blazeface-fast" (BlazeFace alone) or "hog" (dlib's).
+    # both via onnxruntime), "blazeface-fast" (BlazeFace alone), "centerface" (CenterFace, with
+    # MTCNN), "centerface-fast" (CenterFace alone) or "hog" (dlib's); agegroup.faces.KINDS.
     face_detector: str = "blazeface"
     # The finest search level of BlazeFace (and of MTCNN) has at most this many pixels: more
     # finds smaller faces in large photos and costs time in proportion
