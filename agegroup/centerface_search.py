@@ -20,7 +20,7 @@ from PIL import Image
 from agegroup.blazeface_search import budget_scale, level_image
 from agegroup.boxes import Detections, FaceBox, utk_box, weighted_nms
 from agegroup.centerface import MULTIPLE, CenterFace
-from agegroup.crops import LANDMARK_TEMPLATE
+from agegroup.crops import LANDMARK_TEMPLATE, fit_similarity
 from agegroup.networks import Stages
 
 # Where CenterFace's box sits in a UTKFace crop (centre offset and height, in crop sides) and
@@ -50,15 +50,8 @@ MAX_CANDIDATES = 400
 def dlib_layout(points: np.ndarray) -> tuple[tuple[float, float], ...]:
     """CenterFace's 5 landmarks as the 5 points of dlib's layout (``LANDMARK_TEMPLATE``) that
     the same similarity places: the one that takes ``CENTERFACE_TEMPLATE`` onto ``points``."""
-    src = np.asarray(CENTERFACE_TEMPLATE, dtype=np.float64)
-    dst = np.asarray(points, dtype=np.float64)
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    norm = (src_c**2).sum()
-    a = (src_c * dst_c).sum() / norm
-    b = (src_c[:, 0] * dst_c[:, 1] - src_c[:, 1] * dst_c[:, 0]).sum() / norm
-    turn = np.array([[a, -b], [b, a]])
-    mapped = (np.asarray(LANDMARK_TEMPLATE) - src_mean) @ turn.T + dst_mean
+    a, b, tx, ty = fit_similarity(CENTERFACE_TEMPLATE, points)
+    mapped = np.asarray(LANDMARK_TEMPLATE) @ np.array([[a, -b], [b, a]]).T + (tx, ty)
     return tuple((float(x), float(y)) for x, y in mapped)
 
 

@@ -15,6 +15,7 @@ the training's random zoom of 0.9-1.1 does.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,12 +54,22 @@ def similarity_to(points: list[Point] | tuple[Point, ...], size: int) -> tuple[f
     """
     dlib_points = len(points) == len(LANDMARK_TEMPLATE)
     template = LANDMARK_TEMPLATE if dlib_points else KEYPOINT_TEMPLATE
-    weights = np.ones(len(template)) if dlib_points else np.asarray(KEYPOINT_WEIGHTS)
-    weights = weights[:, None] / weights.sum()
-    src = np.asarray(template, dtype=np.float64) * (size / CROP_SIZE)
-    dst = np.asarray(points, dtype=np.float64)
-    src_mean, dst_mean = (weights * src).sum(0), (weights * dst).sum(0)
-    src_c, dst_c = (src - src_mean) * np.sqrt(weights), (dst - dst_mean) * np.sqrt(weights)
+    weights = None if dlib_points else KEYPOINT_WEIGHTS
+    return fit_similarity(np.asarray(template) * (size / CROP_SIZE), points, weights)
+
+
+def fit_similarity(
+    src: np.ndarray | Sequence[Point],
+    dst: np.ndarray | Sequence[Point],
+    weights: Sequence[float] | None = None,
+) -> tuple[float, float, float, float]:
+    """``(a, b, tx, ty)``: the (weighted) least-squares similarity taking the points ``src`` onto
+    ``dst``: ``x' = a x - b y + tx``, ``y' = b x + a y + ty``."""
+    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w[:, None] / w.sum()
+    src_mean, dst_mean = (w * src).sum(0), (w * dst).sum(0)
+    src_c, dst_c = (src - src_mean) * np.sqrt(w), (dst - dst_mean) * np.sqrt(w)
     norm = (src_c**2).sum()
     a = float((src_c * dst_c).sum() / norm)
     b = float((src_c[:, 0] * dst_c[:, 1] - src_c[:, 1] * dst_c[:, 0]).sum() / norm)
