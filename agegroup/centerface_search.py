@@ -22,6 +22,7 @@ from agegroup.boxes import Detections, FaceBox, utk_box, weighted_nms
 from agegroup.centerface import MULTIPLE, CenterFace
 from agegroup.crops import LANDMARK_TEMPLATE, fit_similarity
 from agegroup.networks import Stages
+from agegroup.preprocess import RESAMPLE
 
 # Where CenterFace's box sits in a UTKFace crop (centre offset and height, in crop sides) and
 # where its 5 landmarks sit in a 200 x 200 UTKFace crop (the eye on the image's left, the other
@@ -43,6 +44,11 @@ LOOK_FACE = 64
 # check): it drops a cap badge or a pattern that a second look scored just over LOOK_SCORE.
 # docs/detection-centerface.md
 SURE_SCORE = 0.5
+# Large faces, turned or blurred, can score low at the budget and high smaller: the photo is
+# also run COARSE_STEP times smaller, unless that is under COARSEST_SIDE px on its long side.
+# docs/detection-centerface.md
+COARSE_STEP = 3.0
+COARSEST_SIDE = 64
 # At most this many candidates go into suppression (a photo of many faces stays cheap).
 MAX_CANDIDATES = 400
 
@@ -53,6 +59,15 @@ def dlib_layout(points: np.ndarray) -> tuple[tuple[float, float], ...]:
     a, b, tx, ty = fit_similarity(CENTERFACE_TEMPLATE, points)
     mapped = np.asarray(LANDMARK_TEMPLATE) @ np.array([[a, -b], [b, a]]).T + (tx, ty)
     return tuple((float(x), float(y)) for x, y in mapped)
+
+
+def coarser(finest: Image.Image) -> Image.Image | None:
+    """The photo COARSE_STEP times smaller than at the budget, or None when that is under
+    COARSEST_SIDE on its long side (no face would be larger there than at the budget)."""
+    size = (round(finest.width / COARSE_STEP), round(finest.height / COARSE_STEP))
+    if max(size) < COARSEST_SIDE:
+        return None
+    return finest.resize(size, RESAMPLE, reducing_gap=2.0)
 
 
 def padded(pixels: np.ndarray) -> np.ndarray:
@@ -94,21 +109,29 @@ class CenterFaceSearch:
         return FaceBox(framed.x, framed.y, framed.w, framed.h, score, dlib_layout(points))
 
     def _candidates(self, rgb: Image.Image, finest: Image.Image) -> Detections:
-        """The run's candidates in ``rgb``'s pixels, blended (``weighted_nms``)."""
-        with self.stages(f"CenterFace {finest.width}x{finest.height}"):
-            hits = self.network(padded(np.asarray(finest)), CANDIDATE_SCORE)
-        if len(hits.scores) > MAX_CANDIDATES:
-            top = np.argsort(-hits.scores)[:MAX_CANDIDATES]
-            hits = Detections(hits.scores[top], hits.boxes[top], hits.keypoints[top])
-        fx, fy = rgb.width / finest.width, rgb.height / finest.height
-        back = np.array([fx, fy])
-        return weighted_nms(
-            Detections(
-                hits.scores,
-                (hits.boxes.reshape(-1, 2, 2) * back).reshape(-1, 4),
-                hits.keypoints * back,
+        """The candidates of the run at the budget and of one COARSE_STEP times smaller (a
+        face that fills much of the photo), in ``rgb``'s pixels, blended (``weighted_nms``)."""
+        found = []
+        # The coarse level's faces are large: only its sure ones count (a look is for small faces).
+        for level, min_score in ((finest, CANDIDATE_SCORE), (coarser(finest), FACE_SCORE)):
+            if level is None:
+                continue
+            with self.stages(f"CenterFace {level.width}x{level.height}"):
+                hits = self.network(padded(np.asarray(level)), min_score)
+            back = np.array([rgb.width / level.width, rgb.height / level.height])
+            found.append(
+                Detections(
+                    hits.scores,
+                    (hits.boxes.reshape(-1, 2, 2) * back).reshape(-1, 4),
+                    hits.keypoints * back,
+                )
             )
-        )
+        merged = Detections(*(np.concatenate(parts) for parts in zip(*(
+            (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
+        if len(merged.scores) > MAX_CANDIDATES:
+            top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
+            merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
+        return weighted_nms(merged)
 
     def _verified(self, rgb: Image.Image, candidates: Detections, scale: float) -> Detections:
         """The candidates scoring FACE_SCORE, and those below it, smaller than LOOK_FACE px in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -199,15 +200,18 @@ def test_finds_no_face_in_the_faceless_example_and_photos(detector: FaceDetector
         assert detector.detect(photo) == [], kind
 
 
-def test_the_face_check_drops_what_a_second_look_barely_took_for_a_face(
-    search: CenterFaceSearch, detector: FaceDetector
-) -> None:
-    # Grace Hopper's cap badge, turned with her: a second look scores it just over LOOK_SCORE.
-    grace = example("grace-hopper.jpg")
-    turned = grace.rotate(20, Image.Resampling.BILINEAR, expand=True, fillcolor=(128, 128, 128))
-    unsure = [face for face in found(search, turned) if face.score < SURE_SCORE]
-    assert unsure and all(face.w < 32 for face in unsure)
-    assert all(face.score >= SURE_SCORE for face in detector.detect(turned))
+def test_the_face_check_judges_the_faces_centerface_is_unsure_of(detector: FaceDetector) -> None:
+    grace, landscape = example("grace-hopper.jpg"), example("no-face.jpg")
+    [face] = detector.detect(grace)
+    unsure = replace(face, score=SURE_SCORE - 0.1)
+    # The same box on a faceless photo: ONet takes it for no face, and it goes.
+    clutter = replace(unsure, x=400, y=150)
+    kept = detector._checked(grace, [unsure], detector._sure_score)  # noqa: SLF001
+    assert kept == [unsure]
+    assert detector._checked(landscape, [clutter], detector._sure_score) == []  # noqa: SLF001
+    # A face scoring SURE_SCORE is kept without a second opinion.
+    sure = replace(clutter, score=SURE_SCORE)
+    assert detector._checked(landscape, [sure], detector._sure_score) == [sure]  # noqa: SLF001
 
 
 def test_the_centerface_kinds_align_by_its_own_landmarks_without_dlib() -> None:
