@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from agegroup import centerface_search
 from agegroup.analysis import NO_FACE_WARNING
 from agegroup.boxes import FaceBox
 from agegroup.centerface import MODEL_DIR, MODEL_FILE, MULTIPLE, OUTPUTS, STRIDE, CenterFace, decode
@@ -21,10 +24,11 @@ from agegroup.centerface_search import (
     dlib_layout,
     padded,
 )
-from agegroup.config import PROJECT_ROOT
+from agegroup.config import PROJECT_ROOT, UTKFACE_DIR
 from agegroup.crops import LANDMARK_TEMPLATE, crop_face, similarity_to
 from agegroup.faces import FaceDetector, make_detector
 from agegroup.landmarks import landmark_model_path
+from agegroup.training.data import image_dir_of
 from testsupport.photos import faceless_photos
 from testsupport.uploads import image_bytes, post
 
@@ -273,3 +277,28 @@ def test_warming_up_builds_no_hog_and_a_grey_photo_still_gets_it() -> None:
     grey = example("grace-hopper.jpg").convert("L").convert("RGB")
     assert len(detector.detect(grey)) == 1
     assert detector._hog._detector is not None  # noqa: SLF001
+
+
+def test_detection_bench_measures_centerface_with_changed_settings(tmp_path: Path) -> None:
+    if not image_dir_of(UTKFACE_DIR).is_dir():
+        pytest.skip("UTKFace is not available beside the checkout")
+    from tools import detection_bench
+
+    assert detection_bench.search_settings(["MAX_LOOKS=3", "LOOK_SCORE=0.4"]) == {
+        "MAX_LOOKS": 3,
+        "LOOK_SCORE": 0.4,
+    }
+    with pytest.raises(ValueError, match="no constant"):
+        detection_bench.search_settings(["looks=3"])
+    out = tmp_path / "report.json"
+    argv = ["--photos", "3", "--faceless", "3", "--accuracy", "0", "--split", "train"]
+    argv += ["--seed", "40000", "--detectors", "centerface-fast", "--set", "MAX_LOOKS=0"]
+    looks = centerface_search.MAX_LOOKS
+    try:
+        assert detection_bench.main([*argv, "--out", str(out)]) == 0
+        assert centerface_search.MAX_LOOKS == 0
+    finally:
+        centerface_search.MAX_LOOKS = looks  # the run set it for its process
+    report = json.loads(out.read_text())
+    assert report["split"] == "train" and report["settings"] == {"MAX_LOOKS": 0}
+    assert report["detection"]["centerface-fast"]["false_faces_per_100_faceless"] == 0
