@@ -229,8 +229,9 @@ class FaceDetector:
         ``hog`` has nothing to warm."""
         if self.network is None:
             return
-        # A square at the pixel budget: every photo is searched at the budget, so its arenas
-        # are a larger photo's, in two thirds of the time of a DETECT_SIDE photo's search.
+        # A square at the pixel budget, in two thirds of the time of a DETECT_SIDE photo's
+        # search; the first large uploads add the rest of the arenas, once
+        # (docs/robustness.md#onnxruntime-memory).
         side = math.isqrt(self._detect_pixels)
         noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         # One search: the tight photo's search of a faceless photo takes no more memory. Not
