@@ -144,9 +144,9 @@ def test_gunicorn_without_a_model_serves_a_clear_error(tmp_path) -> None:
         assert "no model loaded" in server.log_text()
 
 
-def test_a_worker_killed_mid_request_is_replaced(model_dir, tmp_path) -> None:
-    env = {"WEB_CONCURRENCY": "1"}
-    with GunicornServer(model_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
+def test_a_worker_killed_mid_request_is_replaced(onnx_dir, tmp_path) -> None:
+    env = {"WEB_CONCURRENCY": "1", "AGE_RUNTIME": "onnx"}
+    with GunicornServer(onnx_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
         assert server.request("GET", "/healthz")[0] == 200
         (worker,) = server.worker_pids()
         # A request whose body is still arriving when the worker dies.

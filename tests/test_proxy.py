@@ -105,10 +105,10 @@ def access_lines(server: GunicornServer, path: str) -> list[str]:
 
 
 @pytest.mark.parametrize("hops", [0, 1])
-def test_gunicorns_access_log_shows_the_address_the_app_uses(model_dir, tmp_path, hops, face_jpeg):
-    env = {"AGE_TRUSTED_PROXIES": str(hops), "AGE_RATE_LIMIT": "1/minute"}
+def test_gunicorns_access_log_shows_the_address_the_app_uses(onnx_dir, tmp_path, hops, face_jpeg):
+    env = {"AGE_TRUSTED_PROXIES": str(hops), "AGE_RATE_LIMIT": "1/minute", "AGE_RUNTIME": "onnx"}
     forwarded = {"X-Forwarded-For": "198.51.100.66, 203.0.113.77", "X-Forwarded-Proto": "https"}
-    with GunicornServer(model_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
+    with GunicornServer(onnx_dir / "export.pkl", tmp_path / "gunicorn.log", env) as server:
         status, headers, _ = request(server, "/api?visit=1", forwarded)
         assert status == 200
         first = request(server, "/api/predict", forwarded, image_form(face_jpeg))[0]
