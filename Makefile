@@ -16,7 +16,7 @@ run: $(VENV)/.installed
 	PORT=$(PORT) $(VENV)/bin/gunicorn app:app --config gunicorn.conf.py --bind 127.0.0.1:$(PORT)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
