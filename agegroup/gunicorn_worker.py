@@ -10,15 +10,23 @@ computing the answer never counts, so a slow prediction on a busy host is not cu
 that opens many slow connections can still hold all threads for that long: on the public
 internet, a proxy that buffers whole requests before passing them on is the full protection.
 tests/test_soak.py::test_slow_clients_do_not_block_other_users checks this behaviour.
+
+Refused clients. A keep-alive connection whose request the app refused for the client's limits
+(``agegroup.tarpit``) goes back to the event loop only when its hold ends: its next request is
+not read before then, and no thread waits for it.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import time
+from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from agegroup import tarpit
 
 # The longest a client may take to send one request (headers and body), from its first byte.
 REQUEST_DEADLINE_S = float(os.environ.get("GUNICORN_REQUEST_DEADLINE", "30"))
@@ -45,6 +53,10 @@ class DeadlineWorker(ThreadWorker):
     Only time spent waiting for the client counts: a slow prediction is never cut.
     """
 
+    def init_process(self):  # type: ignore[no-untyped-def]
+        self._held: list[tuple[float, object]] = []  # (release time, connection), under _lock
+        super().init_process()
+
     def enqueue_req(self, conn):  # type: ignore[no-untyped-def]
         conn.started = time.monotonic()
         conn.waiting = False
@@ -59,9 +71,37 @@ class DeadlineWorker(ThreadWorker):
         conn.started = time.monotonic()  # a thread starts reading now, not when it was queued
         return super().handle(conn)
 
+    def finish_request(self, fs):  # type: ignore[no-untyped-def]
+        """As ThreadWorker's, except that a kept-alive connection the app holds waits aside."""
+        release_at = None if fs.cancelled() else tarpit.release_time(fs.conn.sock)
+        if release_at is None or fs.exception() is not None:
+            return super().finish_request(fs)
+        keepalive, conn = fs.result()
+        if not (keepalive and self.alive):
+            return super().finish_request(fs)
+        conn.sock.setblocking(False)
+        with self._lock:
+            self._held.append((release_at, conn))
+        return None
+
+    def release_held(self) -> None:
+        """Connections whose hold has ended go back to the event loop, as kept-alive ones."""
+        now = time.monotonic()
+        with self._lock:
+            due = [conn for at, conn in self._held if at <= now]
+            self._held = [(at, conn) for at, conn in self._held if at > now]
+            for conn in due:
+                conn.set_timeout()
+                self._keep.append(conn)
+                self.poller.register(
+                    conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+                )
+
     def murder_keepalived(self):  # type: ignore[no-untyped-def]
-        """Runs about once a second in the main loop: also close requests past the deadline."""
+        """Runs about once a second in the main loop: also close requests past the deadline,
+        and release held connections."""
         super().murder_keepalived()
+        self.release_held()
         now = time.monotonic()
         for future in list(self.futures):
             conn = future.conn

@@ -9,6 +9,9 @@ Two rules, both off with ``AGE_RATE_LIMIT=off`` (the default for local runs and 
   this worker, so that one client's parallel requests cannot fill all of its threads. Past it,
   429 at once, before the upload is read.
 
+Under gunicorn, the connection a refusal went out on is then held until its ``Retry-After``
+(``agegroup.tarpit``): a client that keeps posting cannot keep the CPU busy with refusals.
+
 A client is its address as seen through the trusted proxies (``request.remote_addr`` after
 ProxyFix); an IPv6 client is its /64 network, since one host usually holds a whole /64 and
 could otherwise take a new address for every request.
@@ -30,6 +33,7 @@ from flask import Flask, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse_many
 
+from agegroup import tarpit
 from agegroup.config import Settings
 from agegroup.errors import RateLimited, TooManyInFlight
 
@@ -158,7 +162,12 @@ class ClientLimits:
             try:
                 return limited(*args, **kwargs)
             except RateLimitExceeded as exc:
-                raise self._refusal(exc) from exc
+                refusal = self._refusal(exc)
+                tarpit.hold(request.environ, refusal.retry_after_s)
+                raise refusal from exc
+            except TooManyInFlight as refusal:
+                tarpit.hold(request.environ, refusal.retry_after_s)
+                raise
 
         return guarded
 

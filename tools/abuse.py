@@ -2,6 +2,7 @@
 answers, and does the server stay within its memory?
 
     .venv/bin/python -m tools.abuse [--seconds 35] [--every 7] [--compare-off] [--compare-404]
+                                    [--pin]
 
 The server starts as on Render: render.yaml's startCommand (the Procfile's, through
 ``testsupport.server``'s launcher) with render.yaml's environment, its per-client limits
@@ -19,6 +20,7 @@ for the whole run, which has three phases of ``--seconds``:
 
 The abuser runs in a process of its own, so that its threads do not slow the measuring ones
 (both still share this machine's CPU with the server: on Render the abuser is elsewhere).
+``--pin`` gives the abuser a CPU of its own and the server and the measured clients the others.
 
 Reported per phase: the well-behaved clients' p50/p95 and statuses, the abuser's statuses and
 predictions per second, 5xx and dropped connections, and the server's peak RSS (VmHWM of all its
@@ -102,9 +104,13 @@ def abuse(
     stop: float,
     bodies: list[bytes],
     results: Any,
+    cpus: set[int] | None = None,
 ) -> None:
     """An abusive client: ``connections`` keep-alive connections posting as fast as the server
-    answers, from wall-clock ``start`` to ``stop``; puts its status counts on ``results``."""
+    answers, from wall-clock ``start`` to ``stop``, on ``cpus`` if given; puts its status
+    counts on ``results``."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     counts: Counter[int] = Counter()
     lock = threading.Lock()
 
@@ -170,9 +176,15 @@ def well_behaved(
 
 
 def run_phases(
-    server: GunicornServer, phases: list[str], seconds: float, every: float, seed: int
+    server: GunicornServer,
+    phases: list[str],
+    seconds: float,
+    every: float,
+    seed: int,
+    abuser_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
-    """The well-behaved clients through ``phases``, an abuser in each phase that names one."""
+    """The well-behaved clients through ``phases``, an abuser in each phase that names one (on
+    ``abuser_cpus`` if given)."""
     bodies = [image_form(photo) for photo in valid_photos(8, seed)]
     for body in bodies[:2]:  # warm: the first answers of a fresh worker are slower
         post(server.port, "192.0.2.1", body, None)
@@ -204,6 +216,7 @@ def run_phases(
         if phase in ABUSERS:
             address, connections, path = ABUSERS[phase]
             args = (server.port, address, connections, path, start, end, bodies, results)
+            args += (abuser_cpus,)
             abuser = spawn.Process(target=abuse, args=args)
             abuser.start()
         time.sleep(max(0.0, start - time.time()))
@@ -289,12 +302,25 @@ def tracebacks(log: str, most: int = 3) -> list[str]:
     return found
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(the server's and the well-behaved clients' CPUs, the abuser's): the last CPU this
+    process may use goes to the abuser, as if it sent from elsewhere."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    return set(mine[:-1]), {mine[-1]}
+
+
 def serve_and_run(
     env: dict[str, str], model: Path, phases: list[str], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[str]]:
+    abuser_cpus = None
+    if args.pin:
+        server_cpus, abuser_cpus = split_cpus()
+        os.sched_setaffinity(0, server_cpus)  # the server started below inherits it
     with tempfile.TemporaryDirectory(prefix="abuse-") as scratch:
         with GunicornServer(model, Path(scratch) / "gunicorn.log", env) as server:
-            report = run_phases(server, phases, args.seconds, args.every, args.seed)
+            report = run_phases(server, phases, args.seconds, args.every, args.seed, abuser_cpus)
             return report, tracebacks(server.log_text())
 
 
@@ -307,12 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Settings().model_path)
     parser.add_argument("--max-peak-mb", type=float, default=450)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the abuser on a CPU of its own, the server and the measured clients on the others",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
     env = render_env(limits=True)
     model = args.model.resolve()
     report: dict[str, Any] = {"render_env": env, "seconds": args.seconds, "every": args.every}
     report["cpu_count"] = os.cpu_count()
+    report["pinned"] = args.pin
     report["load_average_before"] = os.getloadavg()
     phases = ["alone", "sequential", "parallel"] + (["flood_404"] if args.compare_404 else [])
     report["limits_on"], errors = serve_and_run(env, model, phases, args)
