@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.blazeface import BlazeFace
-from agegroup.boxes import Detections, FaceBox, utk_box, weighted_nms
+from agegroup.boxes import Detections, FaceBox, merged_levels, utk_box, weighted_nms
 from agegroup.networks import Stages
 from agegroup.preprocess import RESAMPLE
 
@@ -29,9 +29,6 @@ LEVEL_STEP = 3.5
 COARSEST_SIDE = 64
 # The finest level enlarges a small photo at most this much: more only invents tiny faces.
 MAX_UPSCALE = 2.0
-# At most this many candidates go into suppression: a photo of many faces, or of face-like
-# patterns, stays cheap.
-MAX_CANDIDATES = 400
 # The search keeps candidates from CANDIDATE_SCORE; those under SURE_SCORE get a second look
 # (at most MAX_LOOKS network runs in all) and are kept if they score FACE_SCORE there.
 # docs/detection.md#second-looks
@@ -126,12 +123,7 @@ class BlazeFaceSearch:
                     (hits.keypoints - origin) / back,
                 )
             )
-        merged = Detections(*(np.concatenate(parts) for parts in zip(*(
-            (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
-        if len(merged.scores) > MAX_CANDIDATES:
-            top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
-            merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
-        return weighted_nms(merged)
+        return merged_levels(found)
 
     def _verified(self, rgb: Image.Image, candidates: Detections) -> Detections:
         """The sure candidates, and the others that BlazeFace finds again in a window around

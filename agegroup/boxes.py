@@ -147,6 +147,11 @@ def intersections(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.prod(np.maximum(hi - lo, 0), axis=1)
 
 
+# At most this many candidates of a search go into suppression: a photo of many faces, or of
+# face-like patterns, stays cheap.
+MAX_CANDIDATES = 400
+
+
 @dataclass(frozen=True)
 class Detections:
     """Candidate faces: ``boxes`` as ``x0, y0, x1, y1``, with the network's keypoints (BlazeFace
@@ -186,6 +191,17 @@ def weighted_nms(found: Detections, overlap: float = 0.3) -> Detections:
     if not out_s:
         return Detections.none(found.keypoints.shape[1])
     return Detections(np.array(out_s), np.array(out_b), np.array(out_k))
+
+
+def merged_levels(found: list[Detections]) -> Detections:
+    """The candidates of every level of a search, blended by ``weighted_nms``: at most
+    ``MAX_CANDIDATES`` of them, the best scoring."""
+    merged = Detections(*(np.concatenate(parts) for parts in zip(*(
+        (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
+    if len(merged.scores) > MAX_CANDIDATES:
+        top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
+        merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
+    return weighted_nms(merged)
 
 
 def suppress(

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from agegroup.blazeface_search import budget_scale, level_image
-from agegroup.boxes import Detections, FaceBox, utk_box, weighted_nms
+from agegroup.boxes import Detections, FaceBox, merged_levels, utk_box, weighted_nms
 from agegroup.centerface import MULTIPLE, CenterFace
 from agegroup.crops import LANDMARK_TEMPLATE, fit_similarity
 from agegroup.networks import Stages
@@ -49,8 +49,6 @@ SURE_SCORE = 0.5
 # docs/detection-centerface.md
 COARSE_STEP = 3.0
 COARSEST_SIDE = 64
-# At most this many candidates go into suppression (a photo of many faces stays cheap).
-MAX_CANDIDATES = 400
 
 
 def dlib_layout(points: np.ndarray) -> tuple[tuple[float, float], ...]:
@@ -126,12 +124,7 @@ class CenterFaceSearch:
                     hits.keypoints * back,
                 )
             )
-        merged = Detections(*(np.concatenate(parts) for parts in zip(*(
-            (f.scores, f.boxes, f.keypoints) for f in found), strict=True)))  # fmt: skip
-        if len(merged.scores) > MAX_CANDIDATES:
-            top = np.argsort(-merged.scores)[:MAX_CANDIDATES]
-            merged = Detections(merged.scores[top], merged.boxes[top], merged.keypoints[top])
-        return weighted_nms(merged)
+        return merged_levels(found)
 
     def _verified(self, rgb: Image.Image, candidates: Detections, scale: float) -> Detections:
         """The candidates scoring FACE_SCORE, and those below it, smaller than LOOK_FACE px in
