@@ -51,7 +51,8 @@ ERROR_CODES = {
     "429": (
         "rate_limited, too_many_in_flight",
         "This address sent more photos than the server takes from one client in a while, or "
-        "already has as many being worked on as it may; `Retry-After` says when to try again.",
+        "already has as many being worked on as it may; `Retry-After` says when to try again. "
+        "The server reads nothing more from that connection until then.",
     ),
     "503": (
         "model_unavailable, busy",
