@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,25 +18,10 @@ from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
 from agegroup.training.learner import CachedImages, LearnerConfig, build_learner, export_learner
 from testsupport.images import synthetic_faces
-from testsupport.learner import tiny_cnn
 
-
-@pytest.fixture()
-def tiny_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The training commands build testsupport's tiny CNN where they would build their network
-    (ResNet50, the teacher's MobileNetV2): the commands' path (data, loaders, losses,
-    checkpoints, export) runs for real, in seconds. They look ``build_learner`` up in their
-    module when they run, ``plain_copy`` included."""
-    from agegroup.training import learner, teacher, train
-
-    real = learner.build_learner
-
-    def tiny(images: Any, labels: Any, valid: Any, config: Any, arch: Any = None, **kw: Any):
-        return real(images, labels, valid, config, tiny_cnn, **kw)
-
-    monkeypatch.setattr(learner, "build_learner", tiny)
-    monkeypatch.setattr(train, "build_learner", tiny)
-    monkeypatch.setattr(teacher, "build_learner", tiny)
+# The training commands with testsupport's tiny CNN as their network: the commands' whole path
+# (data, loaders, losses, checkpoints, export) runs for real, in seconds.
+TINY = ["--arch", "testsupport.learner:tiny_cnn"]
 
 
 def test_resnet50_trains_a_batch_and_exports_a_loadable_half_precision_learner(tmp_path):
@@ -73,13 +57,14 @@ def test_the_image_cache_is_not_pickled_with_the_learner():
     assert restored(image) is image  # at serving time items are images, passed through
 
 
-def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path, tiny_network):
+def test_the_command_line_trains_exports_and_resumes_after_an_interruption(tmp_path):
 
     from agegroup.training.train import main
 
     data = _synthetic_utkface(tmp_path)
     run = tmp_path / "run"
     common = [
+        *TINY,
         "--data",
         str(data),
         "--cache",
@@ -144,7 +129,7 @@ def test_the_distillation_loss_mixes_the_true_group_with_the_teachers_probabilit
 
 
 def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_student(
-    tmp_path, tiny_network
+    tmp_path,
 ):
     from agegroup.training import teacher
     from agegroup.training.train import main as train_main
@@ -154,7 +139,7 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
     run = tmp_path / "teacher"
     # Random initial weights: the point is the path (fit, soft targets, export), not ImageNet.
     teacher.main(
-        ["--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1"]
+        [*TINY, "--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1"]
         + ["--freeze-epochs", "0", "--bs", "16", "--run-dir", str(run), "--no-pretrained"]
     )
     assert json.loads((run / "args.json").read_text())["freeze_epochs"] == 0  # the run's record
@@ -172,8 +157,9 @@ def test_a_teacher_is_fine_tuned_and_its_soft_targets_distil_into_an_exportable_
 
     out = tmp_path / "student.pkl"
     train_main(
-        ["--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1", "--bs", "16"]
-        + ["--teacher", str(run / "soft_targets.npz"), "--run-dir", str(tmp_path / "s")]
+        [*TINY, "--data", str(data), "--cache", cache, "--size", "32", "--epochs", "1"]
+        + ["--bs", "16", "--teacher", str(run / "soft_targets.npz")]
+        + ["--run-dir", str(tmp_path / "s")]
         + ["--out", str(out)]
     )
     student = load_learner(out, cpu=True)
@@ -245,9 +231,7 @@ def test_a_mix_of_saved_probabilities_is_scored_with_the_weights_it_is_given(tmp
             raise AssertionError(f"{bad} was mixed")
 
 
-def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(
-    tmp_path, tiny_network
-):
+def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(tmp_path):
     """recipes/gpu_h200.sh's path, small and on the CPU: pack the train split with the
     teacher's targets, then train from the pack alone with the recipe's options."""
     from agegroup.training.pack import pack
@@ -275,7 +259,8 @@ def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(
 
     run = tmp_path / "run"
     train_main(
-        ["--device", "cpu", "--workers", "2", "--bs", "16", "--size", "32", "--epochs", "1"]
+        [*TINY, "--device", "cpu", "--workers", "2", "--bs", "16", "--size", "32"]
+        + ["--epochs", "1"]
         + ["--lr", "4e-3", "--wd", "0.05", "--targets", "ages", "--degrade", "0.5"]
         + ["--tight", "0.3", "--teacher", str(out / "teacher.npz"), "--distill-weight", "0.3"]
         + ["--data", str(out / "utkface"), "--cache", str(tmp_path / "cache")]
@@ -285,3 +270,12 @@ def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(
     assert saved_args["workers"] == 2 and saved_args["teacher"].endswith("teacher.npz")
     assert (run / "history.csv").is_file()  # what the recipe sends back with the learner
     assert tuple(load_learner(run / "export.pkl", cpu=True).dls.vocab) == AGE_CLASSES
+
+
+def test_an_arch_that_is_neither_known_nor_importable_stops_the_command(tmp_path):
+    from agegroup.training.train import main
+
+    for arch, says in (("resnet5O", "neither resnet50 nor module:function"),
+                       ("testsupport.learner:nothing", "cannot import")):  # fmt: skip
+        with pytest.raises(SystemExit, match=says):
+            main(["--arch", arch, "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")])

@@ -5,6 +5,7 @@ that the app loads (``agegroup.training.train`` is the command around it).
 
 from __future__ import annotations
 
+import importlib
 import random
 import time
 from collections.abc import Callable
@@ -272,6 +273,20 @@ def load_matching_weights(learn: Learner, exported: Path) -> None:
     kept = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     learn.model.load_state_dict(kept, strict=False)
     print(f"initialised from {exported}: {len(kept)} of {len(target)} tensors")
+
+
+def find_arch(name: str, known: dict[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The network function that ``--arch`` names: one of ``known`` by its name, or any other as
+    ``package.module:function`` (a function taking ``pretrained``, as torchvision's do)."""
+    if name in known:
+        return known[name]
+    module, colon, function = name.partition(":")
+    if not colon:
+        raise SystemExit(f"--arch: {name!r} is neither {' nor '.join(known)} nor module:function")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"--arch: cannot import {name!r}: {exc}") from exc
 
 
 def plain_copy(

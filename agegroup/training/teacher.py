@@ -37,6 +37,7 @@ from agegroup.training.learner import (
     LearnerConfig,
     build_learner,
     export_learner,
+    find_arch,
     plain_copy,
     seed_everything,
     training_split,
@@ -93,6 +94,7 @@ def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.n
 
 
 def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
+    arch = find_arch(args.arch, {"mobilenet_v2": mobilenet_v2})  # before any data is read
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -107,7 +109,7 @@ def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[s
         degrade_share=args.degrade,
         bf16=not args.no_bf16,
     )
-    learn = build_learner(images, labels, valid_idx, config, mobilenet_v2)
+    learn = build_learner(images, labels, valid_idx, config, arch)
     write_args(args)
     learn.path = args.run_dir
     learn.model_dir = "."
@@ -124,7 +126,7 @@ def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[s
     if (
         vocab != BUCKETS or args.degrade > 0
     ):  # an exported file that needs nothing of training to load
-        learn = plain_copy(learn, images, labels, valid_idx, config, arch=mobilenet_v2)
+        learn = plain_copy(learn, images, labels, valid_idx, config, arch)
     return learn, images, [s.name for s in samples]
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_common_arguments(parser, size=128, epochs=6, lr=2e-3)
+    add_common_arguments(parser, size=128, epochs=6, lr=2e-3, arch="mobilenet_v2")
     parser.add_argument("--freeze-epochs", type=int, default=1, help="head only, first")
     parser.add_argument(
         "--no-pretrained", action="store_true", help="random initial weights (tests only)"
@@ -141,9 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     learn, images, names = train_teacher(args)
-    exported = export_learner(
-        learn, args.run_dir / "export.pkl", name=f"mobilenet_v2-teacher-{args.size}px"
-    )
+    name = f"{args.arch.rpartition(':')[2]}-teacher-{args.size}px"
+    exported = export_learner(learn, args.run_dir / "export.pkl", name=name)
     print(f"exported {exported} (evaluate it like the shipped model)")
     target = args.run_dir / "soft_targets.npz"
     np.savez(target, names=np.array(names), log_probs=soft_targets(exported, images))

@@ -25,6 +25,7 @@ from pathlib import Path
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import torch
 from fastai.callback.progress import CSVLogger
+from fastai.vision.models import resnet50
 
 from agegroup.ages import AGE_CLASSES, clamp_age
 from agegroup.buckets import BUCKETS
@@ -37,6 +38,7 @@ from agegroup.training.learner import (
     LearnerConfig,
     build_learner,
     export_learner,
+    find_arch,
     load_matching_weights,
     plain_copy,
     seed_everything,
@@ -46,9 +48,16 @@ from agegroup.training.served_crops import served_training_rows
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, size: int, epochs: int, lr: float
+    parser: argparse.ArgumentParser, size: int, epochs: int, lr: float, arch: str
 ) -> None:
-    """Data, schedule and augmentation options shared by this trainer and the teacher's."""
+    """Network, data, schedule and augmentation options shared by this trainer and the
+    teacher's."""
+    parser.add_argument(
+        "--arch",
+        default=arch,
+        help=f"the network: {arch}, or package.module:function for another (a function taking"
+        " `pretrained`, as torchvision's do; the tests train testsupport.learner:tiny_cnn)",
+    )
     parser.add_argument("--data", type=Path, default=utk.DEFAULT_DATA_DIR)
     parser.add_argument("--cache", type=Path, default=Path("data-cache"))
     parser.add_argument("--size", type=int, default=size)
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_common_arguments(parser, size=64, epochs=12, lr=3e-3)
+    add_common_arguments(parser, size=64, epochs=12, lr=3e-3, arch="resnet50")
     parser.add_argument(
         "--group-weight", type=float, default=1.0, help="weight of the group loss (ages only)"
     )
@@ -163,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("model/export.pkl"))
     args = parser.parse_args(argv)
+    arch = find_arch(args.arch, {"resnet50": resnet50})  # before any data is read
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         buckets,
         valid_idx,
         config,
+        arch,
         teacher=teacher,
         served=served,
         sample_weights=sample_weights,
@@ -244,8 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training took {time.time() - started:.0f} s")
     # Teacher targets, the age loss, Degrade and the served getter all need training code.
     if teacher is not None or args.targets == "ages" or config.degrades or served is not None:
-        learn = plain_copy(learn, images, buckets, valid_idx, config)
-    export_learner(learn, args.out, name=f"resnet50-utkface-{args.size}px")
+        learn = plain_copy(learn, images, buckets, valid_idx, config, arch)
+    export_learner(learn, args.out, name=f"{arch.__name__}-utkface-{args.size}px")
     print(f"exported {args.out}")
 
 
