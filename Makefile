@@ -16,7 +16,7 @@ run: $(VENV)/.installed
 	PORT=$(PORT) $(VENV)/bin/gunicorn app:app --config gunicorn.conf.py --bind 127.0.0.1:$(PORT)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -n auto
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .

@@ -133,6 +133,7 @@ def table(page: Any) -> list[dict[str, str]]:
     )
 
 
+@pytest.mark.slow
 def test_twelve_photos_dropped_go_up_one_by_one_into_a_table_and_a_csv(
     tab: Any, live_url: str, tmp_path: Path
 ) -> None:

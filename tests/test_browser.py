@@ -627,6 +627,7 @@ def test_dark_mode_follows_the_system(chromium_browser, live_url):
         context.close()
 
 
+@pytest.mark.slow
 def test_axe_finds_nothing_serious_on_start_result_no_face_and_error_pages(
     chromium_browser, live_url, tmp_path
 ):

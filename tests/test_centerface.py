@@ -279,6 +279,7 @@ def test_warming_up_builds_no_hog_and_a_grey_photo_still_gets_it() -> None:
     assert detector._hog._detector is not None  # noqa: SLF001
 
 
+@pytest.mark.slow
 def test_detection_bench_measures_centerface_with_changed_settings(tmp_path: Path) -> None:
     if not image_dir_of(UTKFACE_DIR).is_dir():
         pytest.skip("UTKFace is not available beside the checkout")

@@ -136,6 +136,7 @@ def wait_for_lines(path: Path, count: int, process: subprocess.Popen, limit_s: f
     raise AssertionError(f"{path} did not reach {count} lines (exit {process.poll()})")
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_gives_the_same_file(folder, model, tmp_path):
     env = ONE_THREAD
     whole = tmp_path / "whole.csv"

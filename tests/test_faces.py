@@ -659,6 +659,7 @@ def test_a_colourless_photo_is_searched_by_hog_too(grace: Image.Image) -> None:
     assert iou(as_xywh(found), where) > 0.5 and found.landmarks is not None
 
 
+@pytest.mark.slow
 def test_a_short_detection_benchmark_finds_every_large_face_and_no_false_ones(
     tmp_path: Path,
 ) -> None:

@@ -218,6 +218,7 @@ FUZZ_SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @fuzz_settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
 @given(case=mutated_files())
 def test_mutated_uploads_never_break_the_server(fuzz_client, case: tuple[str, bytes]) -> None:

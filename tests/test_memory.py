@@ -145,6 +145,7 @@ def test_render_yaml_env_is_what_the_stress_run_uses() -> None:
 @pytest.mark.skipif(
     not (PROJECT_ROOT / "model" / "export.onnx").is_file(), reason="no ONNX model committed"
 )
+@pytest.mark.slow
 def test_short_stress_in_the_deployed_configuration(tmp_path) -> None:
     """The server as render.yaml starts it, 8 clients at once sending the worst files."""
     env = render_env()

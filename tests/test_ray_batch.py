@@ -27,6 +27,7 @@ def ray_installed() -> None:
         pytest.skip("Ray is not installed (pip install -r requirements-batch.txt)")
 
 
+@pytest.mark.slow
 def test_ray_rows_equal_the_commands(onnx_dir: Path, tmp_path: Path) -> None:
     files = photo_folder(tmp_path / "photos", 8)
     missing = tmp_path / "photos" / "gone.jpg"  # named but absent: its row says so

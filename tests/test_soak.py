@@ -32,6 +32,7 @@ def server(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+@pytest.mark.slow
 def test_short_soak_has_no_errors_no_drops_no_cross_talk(server) -> None:
     report = soak.run_soak(server, requests=240, clients=4, photo_count=16)
     assert soak.failures(report, max_growth_mb=40) == [], json.dumps(report, indent=1)
@@ -85,6 +86,7 @@ class SlowClient(threading.Thread):
             self.closed_by_server.set()
 
 
+@pytest.mark.slow
 def test_slow_clients_do_not_block_other_users(server) -> None:
     """Three clients trickling bodies hold three of the four threads; others still get answers,
     and the deadline then frees the held threads."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from PIL import Image
 
 from agegroup.ages import AGE_CLASSES
 from agegroup.buckets import BUCKETS
+from agegroup.config import PROJECT_ROOT
 from agegroup.predictor import FastaiPredictor
 from agegroup.training.data import list_samples
 from agegroup.training.learner import CachedImages, LearnerConfig, build_learner, export_learner
@@ -235,7 +238,6 @@ def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(tm
     """recipes/gpu_h200.sh's path, small and on the CPU: pack the train split with the
     teacher's targets, then train from the pack alone with the recipe's options."""
     from agegroup.training.pack import pack
-    from agegroup.training.train import main as train_main
 
     data = _synthetic_utkface(tmp_path)
     samples = list_samples(data)
@@ -258,14 +260,21 @@ def test_the_gpu_pack_holds_the_train_split_and_trains_as_the_gpu_recipe_does(tm
         assert np.allclose(saved["log_probs"][0], np.log(groups[row]), atol=1e-2)
 
     run = tmp_path / "run"
-    train_main(
-        [*TINY, "--device", "cpu", "--workers", "2", "--bs", "16", "--size", "32"]
-        + ["--epochs", "1"]
+    # In a process of its own, as the recipe runs it: its 2 loader workers are forked, and a
+    # fork of this test process (threads of other tests' sessions and servers) may deadlock.
+    done = subprocess.run(
+        [sys.executable, "-m", "agegroup.training.train", *TINY, "--device", "cpu"]
+        + ["--workers", "2", "--bs", "16", "--size", "32", "--epochs", "1"]
         + ["--lr", "4e-3", "--wd", "0.05", "--targets", "ages", "--degrade", "0.5"]
         + ["--tight", "0.3", "--teacher", str(out / "teacher.npz"), "--distill-weight", "0.3"]
         + ["--data", str(out / "utkface"), "--cache", str(tmp_path / "cache")]
-        + ["--run-dir", str(run), "--out", str(run / "export.pkl")]
+        + ["--run-dir", str(run), "--out", str(run / "export.pkl")],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     saved_args = json.loads((run / "args.json").read_text())
     assert saved_args["workers"] == 2 and saved_args["teacher"].endswith("teacher.npz")
     assert (run / "history.csv").is_file()  # what the recipe sends back with the learner
