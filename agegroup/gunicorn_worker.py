@@ -11,9 +11,9 @@ that opens many slow connections can still hold all threads for that long: on th
 internet, a proxy that buffers whole requests before passing them on is the full protection.
 tests/test_soak.py::test_slow_clients_do_not_block_other_users checks this behaviour.
 
-Refused clients. A keep-alive connection whose request the app refused for the client's limits
-(``agegroup.tarpit``) goes back to the event loop only when its hold ends: its next request is
-not read before then, and no thread waits for it.
+Held answers. The app may ask for an answer to be sent later (``agegroup.tarpit``: a refusal
+for the client's limits): the request's thread writes it into memory and is free at once, and
+the event loop sends it when its time comes, then handles the connection as any other.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import time
 from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
-
-from agegroup import tarpit
 
 # The longest a client may take to send one request (headers and body), from its first byte.
 REQUEST_DEADLINE_S = float(os.environ.get("GUNICORN_REQUEST_DEADLINE", "30"))
@@ -47,6 +45,41 @@ class _TimedReads:
             self._conn.waiting = False
 
 
+class _HeldAnswer:
+    """The socket as one request's answer is written to it: once ``hold_answer`` was called
+    (through ``environ["gunicorn.socket"]``), what is written is kept, to be sent by the event
+    loop at ``release_at``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.release_at: float | None = None
+        self.kept: list[bytes] = []
+
+    def hold_answer(self, seconds: float) -> None:
+        self.release_at = time.monotonic() + seconds
+
+    def sendall(self, data: bytes) -> None:
+        if self.release_at is None:
+            self.sock.sendall(data)
+        else:
+            self.kept.append(bytes(data))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+class _Held:
+    """An answer waiting in the event loop, and what to do with its connection after it."""
+
+    def __init__(self, conn: object, release_at: float, answer: bytes, keepalive: bool) -> None:
+        self.conn = conn
+        self.release_at = release_at
+        self.answer = answer
+        self.keepalive = keepalive
+        # A client that does not read its answer within this long is dropped.
+        self.give_up_at = release_at + REQUEST_DEADLINE_S
+
+
 class DeadlineWorker(ThreadWorker):
     """A gthread worker that cuts off clients still sending a request after ``REQUEST_DEADLINE_S``.
 
@@ -54,7 +87,7 @@ class DeadlineWorker(ThreadWorker):
     """
 
     def init_process(self):  # type: ignore[no-untyped-def]
-        self._held: list[tuple[float, object]] = []  # (release time, connection), under _lock
+        self._held: list[_Held] = []  # answers the event loop sends later, under _lock
         super().init_process()
 
     def enqueue_req(self, conn):  # type: ignore[no-untyped-def]
@@ -69,39 +102,65 @@ class DeadlineWorker(ThreadWorker):
 
     def handle(self, conn):  # type: ignore[no-untyped-def]
         conn.started = time.monotonic()  # a thread starts reading now, not when it was queued
-        return super().handle(conn)
+        sock = conn.sock
+        conn.sock = written = _HeldAnswer(sock)
+        try:
+            keepalive, conn = super().handle(conn)
+        finally:
+            conn.sock = sock
+        conn.held = None
+        if written.release_at is not None:
+            conn.held = _Held(conn, written.release_at, b"".join(written.kept), keepalive)
+        return keepalive, conn
 
     def finish_request(self, fs):  # type: ignore[no-untyped-def]
-        """As ThreadWorker's, except that a kept-alive connection the app holds waits aside."""
-        release_at = None if fs.cancelled() else tarpit.release_time(fs.conn.sock)
-        if release_at is None or fs.exception() is not None:
+        """As ThreadWorker's, except that a held answer waits for the event loop."""
+        held = None if fs.cancelled() else getattr(fs.conn, "held", None)
+        if held is None or fs.exception() is not None:
             return super().finish_request(fs)
-        keepalive, conn = fs.result()
-        if not (keepalive and self.alive):
-            return super().finish_request(fs)
-        conn.sock.setblocking(False)
+        held.keepalive = held.keepalive and self.alive
         with self._lock:
-            self._held.append((release_at, conn))
+            self._held.append(held)
         return None
 
-    def release_held(self) -> None:
-        """Connections whose hold has ended go back to the event loop, as kept-alive ones."""
+    def send_held(self) -> None:
+        """Send the held answers whose time has come; then keep their connections alive, or
+        close them, as their requests asked."""
         now = time.monotonic()
         with self._lock:
-            due = [conn for at, conn in self._held if at <= now]
-            self._held = [(at, conn) for at, conn in self._held if at > now]
-            for conn in due:
+            due = [held for held in self._held if held.release_at <= now]
+            self._held = [held for held in self._held if held.release_at > now]
+        for held in due:
+            conn = held.conn
+            try:
+                conn.sock.setblocking(False)
+                sent = conn.sock.send(held.answer)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent, held.keepalive, held.answer = 0, False, b""
+            held.answer = held.answer[sent:]
+            if held.answer and now < held.give_up_at:
+                with self._lock:
+                    self._held.append(held)  # the client reads slowly: more next time round
+            elif held.keepalive and not held.answer:
                 conn.set_timeout()
-                self._keep.append(conn)
-                self.poller.register(
-                    conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
-                )
+                with self._lock:
+                    self._keep.append(conn)
+                    self.poller.register(
+                        conn.sock,
+                        selectors.EVENT_READ,
+                        partial(self.on_client_socket_readable, conn),
+                    )
+            else:
+                self.nr_conns -= 1
+                conn.close()
 
     def murder_keepalived(self):  # type: ignore[no-untyped-def]
         """Runs about once a second in the main loop: also close requests past the deadline,
-        and release held connections."""
+        and send the held answers that are due."""
         super().murder_keepalived()
-        self.release_held()
+        self.send_held()
         now = time.monotonic()
         for future in list(self.futures):
             conn = future.conn
