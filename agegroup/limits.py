@@ -9,7 +9,7 @@ Two rules, both off with ``AGE_RATE_LIMIT=off`` (the default for local runs and 
   this worker, so that one client's parallel requests cannot fill all of its threads. Past it,
   429 at once, before the upload is read.
 
-Under gunicorn, the connection a refusal went out on is then held until its ``Retry-After``
+Under gunicorn, a refusal's answer is sent up to 2 s late, without a thread waiting
 (``agegroup.tarpit``): a client that keeps posting cannot keep the CPU busy with refusals.
 
 A client is its address as seen through the trusted proxies (``request.remote_addr`` after

@@ -52,7 +52,7 @@ ERROR_CODES = {
         "rate_limited, too_many_in_flight",
         "This address sent more photos than the server takes from one client in a while, or "
         "already has as many being worked on as it may; `Retry-After` says when to try again. "
-        "The server reads nothing more from that connection until then.",
+        "This answer itself may come up to 2 seconds late.",
     ),
     "503": (
         "model_unavailable, busy",
