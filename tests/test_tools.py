@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegroup.config import UTKFACE_DIR
+from agegroup.config import PROJECT_ROOT, UTKFACE_DIR
 from agegroup.training.data import image_dir_of
 from testsupport.memory import memory_mb
 from testsupport.server import procfile_command
@@ -102,3 +102,44 @@ def test_bench_stages_time_each_step_of_a_request(onnx_dir, tmp_path) -> None:
         assert steps["request (all of it)"] >= whole - 0.3
         assert min(steps["decode"], steps["model"], steps["crop"]) > 0
         assert steps["MTCNN, all of it"] > 0  # the default detector's own steps, reported by it
+
+
+def test_the_suite_cpu_plugin_counts_each_tests_own_and_childrens_cpu(tmp_path) -> None:
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    (tmp_path / "test_work.py").write_text(
+        f"import subprocess, sys, time\nBUSY = {busy!r}\n"
+        "def test_busy():\n    exec(BUSY)\n"
+        "def test_child():\n    subprocess.run([sys.executable, '-c', BUSY], check=True)\n"
+        "def test_idle():\n    time.sleep(0.2)\n"
+    )
+    report = tmp_path / "cpu.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "testsupport.suite_cpu",
+            "-p",
+            "no:cacheprovider",
+        ]
+        + [
+            "--cpu-report",
+            str(report),
+            "-c",
+            "/dev/null",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["test"].split("::")[1]: row for row in json.loads(report.read_text())["heaviest"]}
+    assert rows["test_busy"]["self_s"] >= 0.25 and rows["test_busy"]["children_s"] < 0.1
+    assert rows["test_child"]["children_s"] >= 0.25
+    assert rows["test_idle"]["self_s"] + rows["test_idle"]["children_s"] < 0.1
+    assert rows["test_idle"]["wall_s"] >= 0.2
