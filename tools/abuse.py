@@ -216,8 +216,7 @@ def run_phases(
         if phase in ABUSERS:
             address, connections, path = ABUSERS[phase]
             args = (server.port, address, connections, path, start, end, bodies, results)
-            args += (abuser_cpus,)
-            abuser = spawn.Process(target=abuse, args=args)
+            abuser = spawn.Process(target=abuse, args=(*args, abuser_cpus))
             abuser.start()
         time.sleep(max(0.0, start - time.time()))
         reset_peaks(root)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,9 @@ def soft_targets(model_path: Path, images: np.ndarray, batch: int = 256) -> np.n
     return np.log(np.clip(groups, 1e-8, None)).astype(np.float32)
 
 
-def train_teacher(args: argparse.Namespace) -> tuple[Learner, np.ndarray, list[str]]:
-    arch = find_arch(args.arch, {"mobilenet_v2": mobilenet_v2})  # before any data is read
+def train_teacher(
+    args: argparse.Namespace, arch: Callable[..., Any]
+) -> tuple[Learner, np.ndarray, list[str]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -141,9 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--run-dir", type=Path, default=Path("runs/teacher_mnv2"))
     args = parser.parse_args(argv)
+    arch = find_arch(args.arch, {"mobilenet_v2": mobilenet_v2})  # before any data is read
 
-    learn, images, names = train_teacher(args)
-    name = f"{args.arch.rpartition(':')[2]}-teacher-{args.size}px"
+    learn, images, names = train_teacher(args, arch)
+    name = f"{arch.__name__}-teacher-{args.size}px"
     exported = export_learner(learn, args.run_dir / "export.pkl", name=name)
     print(f"exported {exported} (evaluate it like the shipped model)")
     target = args.run_dir / "soft_targets.npz"
