@@ -4,7 +4,11 @@ CenterFace (``agegroup.centerface``) sees faces from about 24 to several hundred
 pixels in one run, so one level, the photo at the pixel budget (``AGE_DETECT_PIXELS``), replaces
 BlazeFace's pyramid. Faces smaller than about 60 input pixels score low there, on cluttered
 photos most of all, so the candidates it is unsure of get a second look: a window around each,
-enlarged so that the face is ``LOOK_FACE`` px, run on its own (``_look_again``).
+enlarged so that the face is ``LOOK_FACE`` px, run on its own (``_look_again``). A small face
+may score only a few thousandths in the run, like dozens of spots of clutter in the same photo,
+so MTCNN's refinement network (``agegroup.mtcnn.Refiner``) screens those candidates first, all
+in one batch: the looks go to the ones it takes for faces, then to those scoring as much as a
+turned face does (RNet, trained on upright faces, misses those).
 
 Each face comes back framed as HOG's box (``agegroup.boxes.utk_box``, by where CenterFace's box
 sits on UTKFace crops) with CenterFace's 5 landmarks translated into dlib's layout
@@ -21,6 +25,7 @@ from agegroup.blazeface_search import budget_scale, level_image
 from agegroup.boxes import Detections, FaceBox, merged_levels, utk_box, weighted_nms
 from agegroup.centerface import MULTIPLE, CenterFace
 from agegroup.crops import LANDMARK_TEMPLATE, fit_similarity
+from agegroup.mtcnn import Refiner
 from agegroup.networks import Stages
 from agegroup.preprocess import RESAMPLE
 
@@ -30,11 +35,15 @@ from agegroup.preprocess import RESAMPLE
 # (``python -m tools.detection_bench --template 300``). docs/detection-centerface.md
 CENTERFACE_BOX_IN_CROP = (-0.001, -0.014, 0.948)
 CENTERFACE_TEMPLATE = ((58.8, 64.1), (138.0, 61.5), (97.6, 101.3), (68.4, 139.3), (132.0, 137.1))
-# The search keeps candidates from CANDIDATE_SCORE; those under FACE_SCORE get a second look
-# (at most MAX_LOOKS) and are kept if they score LOOK_SCORE there. A look is a window
+# The search keeps candidates from CANDIDATE_SCORE. Those under FACE_SCORE get a second look
+# if RNet scores their square SCREEN_SCORE or more, or if they score UNSCREENED_SCORE in the run
+# (RNet learned upright faces, and scores faces turned by 20-30 degrees low); at most MAX_LOOKS,
+# RNet's faces first. They are kept if they score LOOK_SCORE there. A look is a window
 # LOOK_WINDOW times the candidate's height, enlarged (or shrunk) so the face is LOOK_FACE px.
 # docs/detection-centerface.md
-CANDIDATE_SCORE = 0.02
+CANDIDATE_SCORE = 0.003
+SCREEN_SCORE = 0.5
+UNSCREENED_SCORE = 0.02
 FACE_SCORE = 0.3
 LOOK_SCORE = 0.3
 MAX_LOOKS = 12
@@ -84,6 +93,7 @@ class CenterFaceSearch:
 
     def __init__(self, pixels: int, threads: int = 1, stages: Stages | None = None) -> None:
         self.network = CenterFace(threads=threads)
+        self.screen = Refiner(threads=threads)
         self.pixels = pixels
         self.stages = stages or Stages()
 
@@ -128,25 +138,40 @@ class CenterFaceSearch:
 
     def _verified(self, rgb: Image.Image, candidates: Detections, scale: float) -> Detections:
         """The candidates scoring FACE_SCORE, and those below it, smaller than LOOK_FACE px in
-        the run (``scale``: its pixels per photo pixel), that score LOOK_SCORE in a second
-        look: a larger face is seen well enough already."""
-        kept: list[tuple[float, np.ndarray, np.ndarray]] = []
-        looks = 0
+        the run (``scale``: its pixels per photo pixel), that score LOOK_SCORE in a second look
+        (``_to_look`` chooses which get one): a larger face is seen well enough already."""
+        sure = candidates.scores >= FACE_SCORE
+        heights = (candidates.boxes[:, 3] - candidates.boxes[:, 1]) * scale
+        kept = [
+            (float(candidates.scores[i]), candidates.boxes[i], candidates.keypoints[i])
+            for i in np.flatnonzero(sure)
+        ]
+        small = ~sure & (heights < LOOK_FACE)
         with self.stages("second looks"):
-            for score, box, points in zip(
-                candidates.scores, candidates.boxes, candidates.keypoints, strict=True
-            ):
-                if score >= FACE_SCORE:
-                    kept.append((float(score), box, points))
-                elif looks < MAX_LOOKS and (box[3] - box[1]) * scale < LOOK_FACE:
-                    looks += 1
-                    again = self._look_again(rgb, box)
-                    if again is not None:
-                        kept.append(again)
+            for box in self._to_look(rgb, candidates.boxes[small], candidates.scores[small]):
+                again = self._look_again(rgb, box)
+                if again is not None:
+                    kept.append(again)
         if not kept:
             return Detections.none()
         scores, boxes, points = zip(*kept, strict=True)
         return weighted_nms(Detections(np.array(scores), np.array(boxes), np.array(points)))
+
+    def _to_look(self, rgb: Image.Image, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The boxes that get a second look, at most MAX_LOOKS: first those whose square (about
+        the box's centre, its height a side: a low-scoring cell's width can be anything) RNet
+        scores SCREEN_SCORE or more, likeliest first; then those of the rest that score
+        UNSCREENED_SCORE in the run (``scores``), best first."""
+        if not len(boxes) or not MAX_LOOKS:
+            return boxes[:0]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        half = np.maximum(boxes[:, 3:] - boxes[:, 1:2], 1.0) / 2
+        screen, _ = self.screen(rgb, np.concatenate([centres - half, centres + half], axis=1))
+        faces = np.flatnonzero(screen >= SCREEN_SCORE)
+        rest = np.flatnonzero((screen < SCREEN_SCORE) & (scores >= UNSCREENED_SCORE))
+        order = [*faces[np.argsort(-screen[faces], kind="stable")],
+                 *rest[np.argsort(-scores[rest], kind="stable")]]  # fmt: skip
+        return boxes[order[:MAX_LOOKS]]
 
     def _look_again(
         self, rgb: Image.Image, box: np.ndarray

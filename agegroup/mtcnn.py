@@ -45,13 +45,30 @@ MAX_PROPOSALS = 100
 MAX_REFINED = 40
 
 
+class Refiner:
+    """MTCNN's refinement network (RNet) in an onnxruntime session: how face-like each square of
+    a photo is, read at 24 x 24, and the offsets that move it onto the face. Cheap enough to
+    judge dozens of squares in one batch (CenterFace's search screens its unsure candidates
+    with it)."""
+
+    def __init__(self, folder: Path = MODEL_DIR, threads: int = 1) -> None:
+        self._session = small_network_session(Path(folder) / RNET_FILE, threads, "MTCNN RNet")
+
+    def __call__(self, rgb: Image.Image, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RNet's face probability ``(n,)`` and box offsets ``(n, 4)`` for square boxes
+        ``(n, 4)`` (``x0, y0, x1, y1`` in ``rgb``'s pixels; at least one)."""
+        batch = np.stack([normalised(_square_crop(rgb, box, RNET_SIDE)) for box in squares])
+        offsets, scores = self._session.run(None, {"input": batch})
+        return scores, offsets
+
+
 class Mtcnn:
     """PNet and RNet in onnxruntime sessions, with ONet from the face check (``face_check``,
     which also judges aligned crops)."""
 
     def __init__(self, face_check: FaceCheck, folder: Path = MODEL_DIR, threads: int = 1) -> None:
         self._pnet = small_network_session(Path(folder) / PNET_FILE, threads, "MTCNN PNet")
-        self._rnet = small_network_session(Path(folder) / RNET_FILE, threads, "MTCNN RNet")
+        self._refiner = Refiner(folder, threads)
         self.face_check = face_check
 
     def __call__(
@@ -125,8 +142,7 @@ class Mtcnn:
         """The proposals RNet takes for faces, offsets applied, squared."""
         if not len(boxes):
             return boxes
-        batch = np.stack([normalised(_square_crop(rgb, box, RNET_SIDE)) for box in boxes])
-        offsets, scores = self._rnet.run(None, {"input": batch})
+        scores, offsets = self._refiner(rgb, boxes)
         keep = np.flatnonzero(scores >= REFINE_SCORE)
         boxes, offsets, scores = boxes[keep], offsets[keep], scores[keep]
         kept = suppress(boxes, scores, OVERLAP)[:MAX_REFINED]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,9 @@ from agegroup.analysis import NO_FACE_WARNING
 from agegroup.boxes import FaceBox
 from agegroup.centerface import MODEL_DIR, MODEL_FILE, MULTIPLE, OUTPUTS, STRIDE, CenterFace, decode
 from agegroup.centerface_search import (
+    CANDIDATE_SCORE,
     CENTERFACE_TEMPLATE,
+    SCREEN_SCORE,
     SURE_SCORE,
     CenterFaceSearch,
     dlib_layout,
@@ -29,7 +32,7 @@ from agegroup.crops import LANDMARK_TEMPLATE, crop_face, similarity_to
 from agegroup.faces import FaceDetector, make_detector
 from agegroup.landmarks import landmark_model_path
 from agegroup.training.data import image_dir_of
-from testsupport.photos import faceless_photos
+from testsupport.photos import clutter, faceless_photos
 from testsupport.uploads import image_bytes, post
 
 EXAMPLES = PROJECT_ROOT / "static" / "examples"
@@ -196,6 +199,49 @@ def test_grace_hoppers_crop_is_upright_and_framed(detector: FaceDetector) -> Non
 def test_finds_every_face_of_the_group_example(search: CenterFaceSearch) -> None:
     faces = found(search, example("group.jpg"))
     assert len(faces) == 5
+
+
+def test_a_small_face_scoring_a_hundredth_in_the_run_is_found(search: CenterFaceSearch) -> None:
+    # Grace Hopper's face, 30 px, in a 1280 x 960 photo of clutter: at the budget it is a
+    # 14 px face scoring about 0.01, like dozens of spots of clutter. RNet's screen sends a
+    # look to it.
+    grace = example("grace-hopper.jpg")
+    face = crop_face(grace, found(search, grace)[0]).resize((30, 30), Image.Resampling.BILINEAR)
+    photo = clutter((1280, 960), np.random.default_rng(31))
+    photo.paste(face, (442, 327))
+    finest = search.finest(photo)
+    run = search.network(padded(np.asarray(finest)), 0.0)
+    centres = (run.boxes[:, :2] + run.boxes[:, 2:]) / 2 * photo.width / finest.width
+    near = np.hypot(*(centres - (457, 342)).T) < 9
+    assert CANDIDATE_SCORE <= run.scores[near].max() < 0.02
+    [box] = [b for b in found(search, photo) if abs(b.x + b.w / 2 - 457) < 15]
+    assert abs(box.y + box.h / 2 - 342) < 15 and 20 < box.w < 45
+
+
+def test_the_screen_adds_few_looks_at_clutter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Candidates scoring under UNSCREENED_SCORE get a look only if RNet takes them for faces.
+    search = CenterFaceSearch(250_000)
+    looks = []
+    look_again = search._look_again  # noqa: SLF001
+
+    def counted(rgb: Image.Image, box: np.ndarray) -> Any:
+        looks.append(box)
+        return look_again(rgb, box)
+
+    monkeypatch.setattr(search, "_look_again", counted)
+    photos = [photo for _, photo in faceless_photos(12, 20_000)]
+
+    def looks_with(screen_score: float) -> int:
+        monkeypatch.setattr(centerface_search, "SCREEN_SCORE", screen_score)
+        looks.clear()
+        assert not any(found(search, photo) for photo in photos)
+        return len(looks)
+
+    screened = looks_with(SCREEN_SCORE)
+    unscreened_only = looks_with(math.inf)  # none passes the screen
+    without_screen = looks_with(0.0)  # every candidate passes it
+    assert screened - unscreened_only <= len(photos)
+    assert without_screen - unscreened_only >= 4 * len(photos)
 
 
 def test_finds_no_face_in_the_faceless_example_and_photos(detector: FaceDetector) -> None:
