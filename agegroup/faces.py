@@ -62,6 +62,9 @@ MAX_FACES = 20
 TIGHT_SEARCH_KEEP = 0.7
 TIGHT_MAX_ASPECT = 2.0
 TIGHT_MIN_FACE = 0.5
+# A face whose box comes within EDGE_MARGIN of the photo's longer side of two or more of its
+# edges is cut off by the photo (``touches_edges``). docs/detection-centerface.md#tight-photos
+EDGE_MARGIN = 0.03
 # MTCNN's faces that the search did not find are added when ONet's probabilities on MTCNN's box
 # and on the face's aligned crop multiply to at least this. docs/detection.md#mtcnn
 MTCNN_SCORE = 0.7
@@ -99,6 +102,10 @@ class Kind:
     sure_score: float = SURE_SCORE
     # AGE_FACE_LANDMARKS=auto aligns by the network's own landmarks, not by dlib's.
     own_landmarks: bool = False
+    # A photo whose face is cut off by its edges is searched again framed as a tight photo: the
+    # network's box stops at the edges (CenterFace's does), and the landmarks in it crowd
+    # together.
+    edge_faces_again: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -107,9 +114,15 @@ KINDS: dict[str, Kind] = {
     # CenterFace's one run and its second looks, with MTCNN or alone; its own landmarks align
     # the faces. docs/detection-centerface.md
     "centerface": Kind(
-        CenterFaceSearch, mtcnn=True, sure_score=CENTERFACE_SURE, own_landmarks=True
+        CenterFaceSearch,
+        mtcnn=True,
+        sure_score=CENTERFACE_SURE,
+        own_landmarks=True,
+        edge_faces_again=True,
     ),
-    "centerface-fast": Kind(CenterFaceSearch, sure_score=CENTERFACE_SURE, own_landmarks=True),
+    "centerface-fast": Kind(
+        CenterFaceSearch, sure_score=CENTERFACE_SURE, own_landmarks=True, edge_faces_again=True
+    ),
     "hog": Kind(None),
 }
 DETECTORS = tuple(KINDS)
@@ -148,6 +161,7 @@ class FaceDetector:
         if chosen.network is not None:
             self.network = chosen.network(detect_pixels, threads, self.stages)
         self._sure_score = chosen.sure_score
+        self._edge_faces_again = chosen.edge_faces_again
         self._face_check: FaceCheck | None = None
         if self.network is not None and face_check:
             self._face_check = FaceCheck(threads=threads)
@@ -176,13 +190,21 @@ class FaceDetector:
         """All faces in ``image`` (any size), boxes in its own pixels, best score first.
 
         The faces only MTCNN or HOG found follow the network's (their scores are on other
-        scales). A photo where none is found is searched again as a tight photo.
+        scales). A photo where none is found is searched again as a tight photo; so is one whose
+        face is cut off by its edges, for the kinds whose box stops there (``edge_faces_again``):
+        the faces that search finds replace those it finds again.
         """
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if self.network is None:
             return sorted(self._with_landmarks(rgb, self._hog_faces(rgb)), key=lambda b: -b.score)
         with self._search_lock:
-            return self.search_photo(rgb) or self.search_tight(rgb)
+            faces = self.search_photo(rgb)
+            if not faces:
+                return self.search_tight(rgb)
+            if self._edge_faces_again and any(touches_edges(f, *rgb.size) for f in faces):
+                again = self.search_tight(rgb)
+                return again + not_found(faces, again)
+            return faces
 
     def search_photo(self, rgb: Image.Image, hog: bool = True) -> list[FaceBox]:
         """The network's faces in the photo as it is, then MTCNN's and (colourless photos,
@@ -283,6 +305,19 @@ class FaceDetector:
             again = self.mtcnn.face_check([crop_face(rgb, box) for box in new])
         both = [replace(box, score=box.score * float(p)) for box, p in zip(new, again, strict=True)]
         return sorted((box for box in both if box.score >= MTCNN_SCORE), key=lambda b: -b.score)
+
+
+def touches_edges(box: FaceBox, width: int, height: int) -> bool:
+    """Whether the face's box comes within EDGE_MARGIN (of the photo's longer side) of two or
+    more of the photo's edges: a face cut off by the photo."""
+    margin = EDGE_MARGIN * max(width, height)
+    near = (
+        box.x <= margin,
+        box.y <= margin,
+        box.x + box.w >= width - margin,
+        box.y + box.h >= height - margin,
+    )
+    return sum(near) >= 2
 
 
 @lru_cache(maxsize=1)

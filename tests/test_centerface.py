@@ -29,7 +29,7 @@ from agegroup.centerface_search import (
 )
 from agegroup.config import PROJECT_ROOT, UTKFACE_DIR
 from agegroup.crops import LANDMARK_TEMPLATE, crop_face, similarity_to
-from agegroup.faces import FaceDetector, make_detector
+from agegroup.faces import FaceDetector, make_detector, touches_edges
 from agegroup.landmarks import landmark_model_path
 from agegroup.training.data import image_dir_of
 from testsupport.photos import clutter, faceless_photos
@@ -262,6 +262,40 @@ def test_the_face_check_judges_the_faces_centerface_is_unsure_of(detector: FaceD
     # A face scoring SURE_SCORE is kept without a second opinion.
     sure = replace(clutter, score=SURE_SCORE)
     assert detector._checked(landscape, [sure], detector._sure_score) == [sure]  # noqa: SLF001
+
+
+def test_a_face_cut_off_by_the_photo_is_searched_again_as_a_tight_photo(
+    detector: FaceDetector,
+) -> None:
+    # Grace Hopper's aligned crop, its middle 70% kept: a tight photo. CenterFace's box stops at
+    # the photo's edges, and its landmarks in it crowd together (eyes 0.88 of their distance in
+    # the crop); searched again framed as a tight photo, they are where the crop has them.
+    grace = example("grace-hopper.jpg")
+    crop = crop_face(grace, detector.detect(grace)[0])
+    margin = crop.width * 0.15
+    photo = crop.resize(
+        (200, 200), Image.Resampling.BICUBIC, box=(margin, margin, 200 - margin, 200 - margin)
+    )
+    [first] = detector.search_photo(photo)
+    assert touches_edges(first, 200, 200)
+    [face] = detector.detect(photo)
+    expected = (np.asarray(LANDMARK_TEMPLATE) - margin) / 0.7
+    eyes = np.linalg.norm(expected[1] - expected[0])
+
+    def eye_distance(box: FaceBox) -> float:
+        assert box.landmarks is not None
+        left, right = np.asarray(box.landmarks)[:2]
+        return float(np.linalg.norm(right - left) / eyes)
+
+    assert eye_distance(first) < 0.9
+    assert 0.93 < eye_distance(face) < 1.07
+
+
+def test_touching_the_edges_means_two_of_them() -> None:
+    assert touches_edges(FaceBox(-20, 5, 240, 230), 200, 200)  # past every edge
+    assert touches_edges(FaceBox(0, 100, 80, 100), 200, 200)  # in the bottom left corner
+    assert not touches_edges(FaceBox(0, 60, 80, 80), 200, 200)  # at one edge only
+    assert not touches_edges(FaceBox(50, 50, 100, 100), 200, 200)
 
 
 def test_the_centerface_kinds_align_by_its_own_landmarks_without_dlib() -> None:
