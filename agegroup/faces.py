@@ -13,10 +13,12 @@ whole photo and may add other detectors' faces that the search missed:
 With a network, a colourless photo (grey, sepia) is searched by HOG too (``agegroup.hog``), the
 faces the network is unsure of are checked by ONet (``agegroup.face_check``), and a photo where
 no face is found is searched again framed as a tight photo, the face alone with its outline
-cut off (``search_tight``). All boxes are framed alike (``agegroup.boxes``) and aligned by dlib's
-landmarks (``agegroup.landmarks``), or by BlazeFace's keypoints when that model is not
-installed. ``python -m tools.detection_bench`` measures recall, false faces, time and accuracy
-for every kind; ``python -m tools.bench --stages`` the time of each step (``FaceDetector.stages``).
+cut off (``search_tight``); with CenterFace, so is one whose face is cut off by its edges.
+All boxes are framed alike (``agegroup.boxes``) and aligned by dlib's landmarks
+(``agegroup.landmarks``), or by the network's keypoints when that model is not installed or
+the kind aligns by its own (CenterFace). ``python -m tools.detection_bench`` measures recall,
+false faces, time and accuracy for every kind; ``python -m tools.bench --stages`` the time of
+each step (``FaceDetector.stages``).
 """
 
 from __future__ import annotations
